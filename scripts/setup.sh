@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up deepmine on a fresh machine: system data package, virtual environment, CPU torch,
+# the package with its dev tools, and data/ verified against data.dvc. Idempotent: re-running
+# it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=2.13.0
+
+# 1. The offline public source of Fashion-MNIST (Debian package), used when no DVC remote exists.
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> installing dataset-fashion-mnist (apt)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+# 2. Virtual environment.
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+# 3. torch: pinned CPU build when missing. Installed before the package so that pip never
+#    resolves torch itself (that would pull several GB of CUDA wheels on a CPU machine).
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "==> installing torch==$TORCH_VERSION"
+  "$PY" -m pip install -q "torch==$TORCH_VERSION"
+fi
+
+# 4. deepmine itself (editable: conf/ and experiments/ live in the checkout) and its dev tools.
+echo "==> installing deepmine"
+"$PY" -m pip install -q -e ".[dev]"
+
+# 5. data/ as pinned by data.dvc (DVC remote if configured, else the public source; verified).
+echo "==> deepmine data pull"
+"$VENV/bin/deepmine" data pull

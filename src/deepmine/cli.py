@@ -1,0 +1,129 @@
+"""`deepmine <command> [args]`: dispatch to the train/eval tasks, data and UI helpers.
+
+Imports nothing heavy at module level, so `deepmine --help` answers at once. Every command runs
+inside `_guarded`, which turns any `DeepmineError` or config error into one line on stderr and a
+non-zero exit code (2 for bad input, 1 for a failed run, 130 for Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+USAGE = """\
+usage: deepmine <command> [args]
+
+commands:
+  train [overrides]   compose conf/train.yaml, train, test, record the run in MLflow
+                      (-m/--multirun sweeps; --cfg job prints the config; --help lists groups)
+  eval  [overrides]   test a checkpoint (ckpt_path=...) or a recorded run (run_id=...)
+  data pull           fill data/ (DVC remote, else the local public source) and verify it
+  data status         say whether data/ matches the version pinned in data.dvc
+  ui [--port N]       serve the MLflow UI on the project's tracking store
+
+examples:
+  deepmine train
+  deepmine train net=cnn optimizer=adamw optimizer.lr=3e-3 trainer.max_epochs=10
+  deepmine train debug=fast data=digits
+  deepmine eval run_id=<mlflow run id>
+"""
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return _guarded(lambda: _hydra_task("train", rest))
+    if command == "eval":
+        return _guarded(lambda: _hydra_task("eval", rest))
+    if command == "data":
+        return _guarded(lambda: _data(rest))
+    if command == "ui":
+        return _guarded(lambda: _ui(rest))
+    print(f"error: unknown command '{command}'. Fix: run `deepmine --help`", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _hydra_task(name: str, args: list[str]) -> int:
+    """Run a `@hydra.main` task with `args` as its command line."""
+    # Hydra prints composition errors over several lines and exits by itself; with
+    # HYDRA_FULL_ERROR it raises instead, so `_guarded` can report them in one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    if name == "train":
+        from deepmine.train import main as entry
+    else:
+        from deepmine.evaluate import main as entry
+    saved = sys.argv
+    sys.argv = [f"deepmine {name}", *args]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    from deepmine.errors import DeepmineError
+
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DeepmineError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_BAD_INPUT)
+    except Exception as exc:
+        from deepmine.config import describe_error
+
+        line = describe_error(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _data(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="deepmine data", description="DVC-versioned data/")
+    parser.add_argument("action", choices=["pull", "status"])
+    parser.add_argument("--root", help="project root (default: this checkout)")
+    ns = parser.parse_args(args)
+    from pathlib import Path
+
+    from deepmine.data import version
+    from deepmine.project import project_root
+
+    root = Path(ns.root).resolve() if ns.root else project_root()
+    if ns.action == "pull":
+        print(version.pull(root))
+        return 0
+    state = version.check(root)
+    print(state.describe())
+    return 0 if state.matches else EXIT_FAILED
+
+
+def _ui(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="deepmine ui", description="MLflow UI on the store")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tracking-uri", help="default: logger.tracking_uri of conf/train.yaml")
+    ns = parser.parse_args(args)
+    from deepmine.tracking.ui import serve
+
+    return serve(ns.tracking_uri, host=ns.host, port=ns.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

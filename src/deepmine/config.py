@@ -1,0 +1,149 @@
+"""Config plumbing that Hydra leaves to the application.
+
+- registers the `${deepmine.project_root:}` resolver that anchors every path;
+- turns Hydra/OmegaConf composition errors into one line that names the problem and the fix;
+- checks the *types* of command-line overrides: Hydra accepts `trainer.max_epochs=abc` and the
+  mistake would surface much later inside Lightning, after a run was opened.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+from deepmine.errors import DeepmineError
+from deepmine.project import project_root
+
+_CONFIG_GROUPS = (
+    "data",
+    "net",
+    "task",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "debug",
+    "paths",
+    "hydra",
+    "local",
+)
+
+
+def register_resolvers() -> None:
+    """Register deepmine's OmegaConf resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("deepmine.project_root"):
+        OmegaConf.register_new_resolver("deepmine.project_root", lambda: str(project_root()))
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """One line for a Hydra/OmegaConf composition error, or None if `exc` is not one."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)'", str(exc))
+        missing = found.group(1) if found else str(exc.missing_cfg_file)
+        group, _, option = missing.rpartition("/")
+        options = sorted(exc.options or [])
+        if group and options:
+            hint = difflib.get_close_matches(option, options, n=1)
+            example = f"{group}={hint[0] if hint else options[0]}"
+            return (
+                f"unknown option '{option}' for config group '{group}' "
+                f"(available: {', '.join(options)}). Fix: pick one of them, e.g. {example}"
+            )
+        return f"config '{missing}' not found. Fix: check the name against conf/"
+    if isinstance(exc, ConfigCompositionException):
+        cause = exc.__cause__
+        key = getattr(cause, "full_key", None)
+        if key and "not in struct" in str(cause):
+            return (
+                f"unknown config key '{key}'. Fix: check the spelling against "
+                f"`deepmine train --cfg job`, or add a new key on purpose with +{key}=..."
+            )
+        return _first_lines(str(exc))
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override: {_first_lines(str(exc))}. Fix: see `deepmine train --help`"
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None)
+        where = f" at '{key}'" if key else ""
+        return f"invalid config{where}: {_first_lines(str(exc))}"
+    return None
+
+
+def _first_lines(text: str) -> str:
+    """Join the meaningful lines of a multi-line library message into one."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type", "See https"))]
+    return " ".join(lines)
+
+
+def check_override_types(cfg: DictConfig, config_name: str, overrides: list[str]) -> None:
+    """Refuse a command-line value whose type differs from the config's default.
+
+    The reference is the same config composed with only the group choices of `overrides`
+    (so `net=cnn trainer.max_epochs=x` is checked against cnn's defaults). A number where a
+    number was expected is fine (int for a float too); a string, a list or a float where an
+    int was expected is refused with the key, the value and the expected type.
+    """
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    loader = GlobalHydra.instance().config_loader()
+
+    def is_group(override) -> bool:
+        name = override.key_or_group.split("@")[0]
+        return bool(loader.get_group_options(name))
+
+    value_overrides = [o for o in parsed if not is_group(o) and not o.is_delete()]
+    if not value_overrides:
+        return
+    group_overrides = [o.input_line for o in parsed if is_group(o)]
+    reference = hydra.compose(config_name, overrides=group_overrides)
+    for override in value_overrides:
+        key = override.key_or_group
+        if key.startswith("hydra."):
+            continue
+        expected = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
+        actual = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        problem = _type_mismatch(expected, actual)
+        if problem:
+            raise DeepmineError(
+                f"{key}={override.value()!r} is not valid: {problem}",
+                f"give {key} a value of that type, e.g. {key}={expected!r}",
+            )
+
+
+def _type_mismatch(expected: object, actual: object) -> str | None:
+    if expected is None or actual is None:
+        return None
+    if isinstance(expected, bool):
+        return None if isinstance(actual, bool) else "expected true or false"
+    if isinstance(expected, int):
+        if isinstance(actual, bool) or not isinstance(actual, int):
+            return "expected an integer"
+        return None
+    if isinstance(expected, float) and (
+        isinstance(actual, bool) or not isinstance(actual, int | float)
+    ):
+        return "expected a number"
+    return None
+
+
+def check_seed(cfg: DictConfig) -> int:
+    """The seed is an int, never null: a run without a seed cannot be reproduced."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DeepmineError(
+            f"seed must be an integer, got {seed!r}", "pass an integer, e.g. seed=42 (0 is valid)"
+        )
+    return seed

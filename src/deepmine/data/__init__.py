@@ -1,0 +1,1 @@
+"""LightningDataModules that hold whole datasets in memory as tensors, and the data version."""

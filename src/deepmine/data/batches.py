@@ -1,0 +1,63 @@
+"""Batches cut from in-memory tensors by indexing.
+
+Why not `DataLoader(TensorDataset)`: it fetches samples one by one and collates them in Python,
+which costs more than the forward pass of a small net. Here an epoch is one `randperm` and each
+batch one advanced-indexing gather. Shuffling is seeded per epoch (`seed + epoch`), so the order
+of batches is a pure function of the seed and the epoch number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class TensorBatches:
+    """An iterable of `(x, y)` batches over tensors held in memory; Lightning accepts it as a
+    dataloader (it has `__len__` and `__iter__`)."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n, b = len(self.x), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def order(self, epoch: int) -> torch.Tensor | None:
+        """The sample order of `epoch` (None: in storage order)."""
+        if not self.shuffle:
+            return None
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.x), generator=generator)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(self.epoch)
+        self.epoch += 1
+        stop = len(self) * self.batch_size
+        for start in range(0, stop, self.batch_size):
+            if order is None:
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
+            else:
+                index = order[start : start + self.batch_size]
+                yield self.x[index], self.y[index]

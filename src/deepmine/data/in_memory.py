@@ -1,0 +1,133 @@
+"""A LightningDataModule whose whole dataset lives in memory as tensors.
+
+Subclasses only say how to load arrays (`load`); splitting, normalization and batching are
+shared. The validation split is cut from the training set by a generator seeded with
+`split_seed` (independent of the run seed, so runs with different seeds are validated on the same
+samples); the test set is never touched before `trainer.test`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from deepmine.data.batches import TensorBatches
+from deepmine.errors import DeepmineError
+
+NORMALIZATIONS = ("scale", "standardize", "none")
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Base class: `load()` returns `(x_train, y_train, x_test, y_test)` numpy arrays."""
+
+    #: True when the data is read from the DVC-tracked `data/` folder, so a run must verify it.
+    dvc_tracked: ClassVar[bool] = False
+    #: Largest raw pixel value, used by `normalize="scale"`.
+    pixel_max: ClassVar[float] = 255.0
+    class_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: list[int],
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        val_size: float | int = 0.1,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        normalize: str = "scale",
+    ):
+        super().__init__()
+        if normalize not in NORMALIZATIONS:
+            raise DeepmineError(
+                f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}",
+                "pick one of them, e.g. data.normalize=scale",
+            )
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
+        self.normalize = normalize
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors:
+            return
+        x_train, y_train, x_test, y_test = self.load()
+        x_train = self._as_images(x_train, "train")
+        x_test = self._as_images(x_test, "test")
+        y_train = torch.as_tensor(y_train, dtype=torch.long)
+        y_test = torch.as_tensor(y_test, dtype=torch.long)
+        labels = int(max(y_train.max(), y_test.max())) + 1
+        if labels > self.num_classes:
+            raise DeepmineError(
+                f"the data has {labels} classes but data.num_classes={self.num_classes}",
+                "fix num_classes in the data config",
+            )
+        n_val = self._val_count(len(x_train))
+        order = torch.randperm(
+            len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        val_idx, fit_idx = order[:n_val], order[n_val:]
+        x_fit, y_fit = x_train[fit_idx], y_train[fit_idx]
+        x_fit, x_val, x_test = self._normalized(x_fit, x_train[val_idx], x_test)
+        self.tensors = {
+            "train": (x_fit, y_fit),
+            "val": (x_val, y_train[val_idx]),
+            "test": (x_test, y_test),
+        }
+
+    def _as_images(self, x: np.ndarray, split: str) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        n_features = int(np.prod(self.input_shape))
+        if x[0].numel() != n_features:
+            raise DeepmineError(
+                f"{split} samples have {x[0].numel()} values, data.input_shape "
+                f"{list(self.input_shape)} needs {n_features}",
+                "fix input_shape in the data config",
+            )
+        return x.reshape(len(x), *self.input_shape).contiguous()
+
+    def _val_count(self, n: int) -> int:
+        size = self.val_size
+        count = round(size * n) if isinstance(size, float) and size < 1 else int(size)
+        if not 0 < count < n:
+            raise DeepmineError(
+                f"data.val_size={size} leaves no training or no validation samples out of {n}",
+                "use a fraction in (0, 1) or a count in [1, n)",
+            )
+        return count
+
+    def _normalized(self, fit, val, test):
+        if self.normalize == "none":
+            return fit, val, test
+        fit, val, test = fit / self.pixel_max, val / self.pixel_max, test / self.pixel_max
+        if self.normalize == "standardize":
+            # Statistics of the training split only: the val and test sets must not leak in.
+            mean, std = fit.mean(), fit.std().clamp_min(1e-8)
+            fit, val, test = (fit - mean) / std, (val - mean) / std, (test - mean) / std
+        return fit, val, test
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+        if not self.tensors:
+            self.setup()
+        x, y = self.tensors[split]
+        return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=self.shuffle_seed)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test", self.eval_batch_size, shuffle=False)

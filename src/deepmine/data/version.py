@@ -1,0 +1,187 @@
+"""The data version: what `data.dvc` pins, whether `data/` matches it, and how to get it back.
+
+Everything here goes through DVC (its Python API: `Repo.data_status`, `pull`, `commit`), so the
+answer is the one `dvc status` would give. The only thing DVC cannot do for us is fetch the
+bytes when no DVC remote exists yet; then `pull` copies them from the public source installed on
+the machine (Debian's `dataset-fashion-mnist`) and lets `dvc commit` prove they are the pinned
+bytes: if the recomputed hash differs from `data.dvc`, the copy is refused and rolled back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from deepmine.errors import DeepmineError
+
+DVC_FILE = "data.dvc"
+DATA_DIR = "data"
+
+#: Public, offline sources for the folders under data/: folder -> (Debian package, its path).
+PUBLIC_SOURCES = {
+    "fashion_mnist": ("dataset-fashion-mnist", Path("/usr/share/datasets/fashion-mnist")),
+}
+
+
+@dataclass(frozen=True)
+class DataPin:
+    """What `data.dvc` records for `data/`."""
+
+    md5: str
+    size: int | None
+    nfiles: int | None
+
+
+@dataclass
+class DataState:
+    """How `data/` compares with its pin."""
+
+    pin: DataPin
+    present: bool
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        return self.present and not self.changed
+
+    def describe(self) -> str:
+        if self.matches:
+            return f"data/ matches data.dvc (md5 {self.pin.md5})"
+        if not self.present:
+            return f"data/ is missing (data.dvc pins md5 {self.pin.md5}); run `deepmine data pull`"
+        return (
+            f"data/ does not match data.dvc (md5 {self.pin.md5}): changed {', '.join(self.changed)}"
+        )
+
+
+def read_pin(root: Path) -> DataPin:
+    """Parse `data.dvc` (plain YAML: no DVC import needed for this)."""
+    path = root / DVC_FILE
+    if not path.is_file():
+        raise DeepmineError(f"{path} is missing", "restore it from git: `git checkout data.dvc`")
+    try:
+        out = yaml.safe_load(path.read_text())["outs"][0]
+        return DataPin(md5=out["md5"], size=out.get("size"), nfiles=out.get("nfiles"))
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
+        raise DeepmineError(
+            f"{path} is not a valid DVC file ({exc})", "restore it: `git checkout data.dvc`"
+        ) from exc
+
+
+def _repo(root: Path):
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Repo(str(root))
+    except NotDvcRepoError as exc:
+        raise DeepmineError(
+            f"{root} is not a DVC repository", "run from the deepmine checkout (it holds .dvc/)"
+        ) from exc
+
+
+def check(root: Path) -> DataState:
+    """Compare `data/` with `data.dvc`, naming every changed, added or deleted file."""
+    pin = read_pin(root)
+    data = root / DATA_DIR
+    if not data.is_dir() or not any(data.iterdir()):
+        return DataState(pin, present=False)
+    with _repo(root) as repo:
+        status = repo.data_status(granular=True, untracked_files="no")
+    changed = []
+    for kind, paths in sorted(status.get("uncommitted", {}).items()):
+        changed += [f"{p} ({kind})" for p in paths if p.rstrip("/") != DATA_DIR]
+    if not changed and status.get("uncommitted"):
+        # DVC knows the folder changed but has no per-file manifest in its cache to say where.
+        changed = [f"{DATA_DIR}/ (modified; run `dvc status` for details)"]
+    return DataState(pin, present=True, changed=changed)
+
+
+def pull(root: Path, force: bool = False) -> str:
+    """Make `data/` match `data.dvc`: DVC remote first, then the offline public source."""
+    state = check(root)
+    if state.matches:
+        return state.describe() + "; nothing to do"
+    if state.present and not force:
+        raise DeepmineError(
+            f"data/ has local changes ({', '.join(state.changed)})",
+            "move them away, or run `deepmine data pull --force` to overwrite them",
+        )
+    notes = []
+    remote = _default_remote(root)
+    if remote:
+        try:
+            with _repo(root) as repo:
+                repo.pull(targets=[str(root / DVC_FILE)], force=True)
+            state = check(root)
+            if state.matches:
+                return f"pulled data/ from DVC remote '{remote}'; " + state.describe()
+            notes.append(f"remote '{remote}' gave data that does not match")
+        except Exception as exc:
+            notes.append(f"DVC remote '{remote}' failed: {str(exc).splitlines()[0]}")
+    _fill_from_public_sources(root)
+    state = check(root)
+    if not state.matches:
+        raise DeepmineError(f"after pulling, {state.describe()}", "report this as a bug")
+    prefix = "; ".join(notes) + "; " if notes else ""
+    return prefix + "filled data/ from the public source and verified it; " + state.describe()
+
+
+def _default_remote(root: Path) -> str | None:
+    with _repo(root) as repo:
+        remotes = dict(repo.config.get("remote", {}))
+        default = repo.config.get("core", {}).get("remote")
+    if default:
+        return default
+    return next(iter(remotes), None)
+
+
+def _public_source_dir(package: str, fallback: Path) -> Path:
+    try:
+        listing = subprocess.run(
+            ["dpkg", "-L", package], capture_output=True, text=True, check=False
+        )
+        for line in listing.stdout.splitlines():
+            if line.endswith(".gz"):
+                return Path(line).parent
+    except FileNotFoundError:
+        pass
+    if fallback.is_dir():
+        return fallback
+    raise DeepmineError(
+        f"no DVC remote holds the data and the public source package '{package}' is not installed",
+        f"run `make setup` (it installs it) or `apt-get install {package}`",
+    )
+
+
+def _fill_from_public_sources(root: Path) -> None:
+    """Copy the sources into a fresh data/ atomically, then prove them with `dvc commit`."""
+    data = root / DATA_DIR
+    staging = Path(tempfile.mkdtemp(prefix=".data-", dir=root))
+    try:
+        for folder, (package, fallback) in PUBLIC_SOURCES.items():
+            source = _public_source_dir(package, fallback)
+            shutil.copytree(source, staging / folder)
+        if data.exists():
+            shutil.rmtree(data)
+        staging.rename(data)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    dvc_file = root / DVC_FILE
+    pinned_text, pinned = dvc_file.read_text(), read_pin(root)
+    with _repo(root) as repo:
+        repo.commit(str(dvc_file), force=True)  # hashes data/ and fills the DVC cache
+    if read_pin(root).md5 != pinned.md5:
+        dvc_file.write_text(pinned_text)
+        shutil.rmtree(data, ignore_errors=True)
+        raise DeepmineError(
+            "the public source's bytes differ from the version pinned in data.dvc; "
+            "data/ was removed and data.dvc left unchanged",
+            "configure the DVC remote that holds this version (`dvc remote add -d ...`)",
+        )
+    dvc_file.write_text(pinned_text)  # keep the file byte-identical (commit may reformat it)

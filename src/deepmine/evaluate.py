@@ -1,0 +1,104 @@
+"""`deepmine eval`: test a trained model, from a recorded run or a checkpoint file.
+
+With `run_id=...` the model is rebuilt from that run's recorded config (so no overrides need
+repeating) and its best checkpoint; the data is verified against data.dvc as for training. The
+evaluation is itself recorded as an MLflow run tagged `deepmine.evaluated_run`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from deepmine.config import check_override_types, register_resolvers
+from deepmine.errors import DeepmineError
+from deepmine.project import config_dir
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    return evaluate(cfg)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    from deepmine.train import _connect, verify_data
+
+    hydra_cfg = HydraConfig.get()
+    check_override_types(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
+    if bool(cfg.run_id) == bool(cfg.ckpt_path):
+        raise DeepmineError(
+            "deepmine eval needs exactly one of run_id and ckpt_path",
+            "pass run_id=<mlflow run id> or ckpt_path=<file.ckpt>",
+        )
+    store = _connect(cfg)
+    model_cfg = cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.run_id:
+            if store is None:
+                raise DeepmineError("run_id needs an MLflow store", "drop logger=none")
+            from deepmine.tracking.fetch import recorded_config_and_checkpoint
+
+            config_path, checkpoint = recorded_config_and_checkpoint(store, cfg.run_id, Path(tmp))
+            model_cfg = OmegaConf.load(config_path)
+        else:
+            checkpoint = Path(cfg.ckpt_path)
+        model_cfg = OmegaConf.merge(
+            model_cfg, {"allow_data_mismatch": cfg.allow_data_mismatch, "paths": cfg.paths}
+        )
+        data_tags = verify_data(model_cfg)
+        metrics, run_id = _test(cfg, model_cfg, checkpoint, store, data_tags)
+    for key, value in sorted(metrics.items()):
+        print(f"{key:<14}{value:.4f}")
+    if run_id:
+        print(f"MLflow run    {run_id} (experiment '{cfg.experiment_name}')")
+    return metrics
+
+
+def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dict, str | None]:
+    from hydra.utils import instantiate
+
+    from deepmine.build import build_task
+    from deepmine.checkpoints import load_weights
+    from deepmine.seeding import seed_everything
+
+    seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
+    datamodule = instantiate(model_cfg.data)
+    task = build_task(model_cfg)
+    load_weights(task, checkpoint)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    if store is None:
+        tested = trainer.test(task, datamodule=datamodule, verbose=False)
+        return {k: float(v) for k, v in tested[0].items()}, None
+
+    from deepmine.tracking.run import recorded_run
+
+    tags = {
+        "mlflow.source.name": "deepmine eval",
+        "deepmine.evaluated_run": str(cfg.run_id or ""),
+        "deepmine.evaluated_checkpoint": str(checkpoint if not cfg.run_id else ""),
+        "deepmine.command": " ".join(["deepmine eval", *HydraConfig.get().overrides.task]),
+        **data_tags,
+        **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+    }
+    name = f"eval-{cfg.run_id[:8]}" if cfg.run_id else f"eval-{checkpoint.stem}"
+    with recorded_run(store, cfg.experiment_name, name, tags) as run:
+        run.log_params(OmegaConf.to_container(model_cfg, resolve=True))
+        run.log_text(OmegaConf.to_yaml(model_cfg, resolve=True), "config/config.yaml")
+        trainer.loggers = [run.lightning_logger()]
+        tested = trainer.test(task, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in tested[0].items()}
+        run.log_json({"metrics": metrics}, "metrics.json")
+    return metrics, run.run_id
+
+
+if __name__ == "__main__":
+    from deepmine.cli import main as cli_main
+
+    sys.exit(cli_main(["eval", *sys.argv[1:]]))

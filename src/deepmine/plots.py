@@ -1,0 +1,62 @@
+"""Figures saved as PNG: confusion matrix and learning curves. Matplotlib only, no display."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def confusion_matrix_png(matrix, class_names: Sequence[str], path: Path, title: str) -> Path:
+    """Counts per (true, predicted) class, with row-normalized shading."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    shares = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    n = len(counts)
+    names = list(class_names) if len(class_names) == n else [str(i) for i in range(n)]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            color = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curves_png(
+    history: dict[str, list[tuple[int, float]]], path: Path, title: str
+) -> Path:
+    """Loss and accuracy against the training step, one panel each, train vs val."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, quantity in zip(axes, ("loss", "acc"), strict=True):
+        for key, style in (
+            (f"train/{quantity}", ":"),
+            (f"train/{quantity}_epoch", "-o"),
+            (f"val/{quantity}", "-o"),
+        ):
+            points = history.get(key)
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, style, label=key, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(quantity)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""LightningModules, one per data-mining task. They log through `self.log` only."""

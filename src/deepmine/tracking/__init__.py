@@ -1,0 +1,1 @@
+"""Everything that talks to MLflow. No other package of deepmine imports mlflow."""

@@ -1,0 +1,37 @@
+"""Read a recorded run back: its config and its best checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deepmine.errors import DeepmineError
+from deepmine.tracking.store import Store
+
+
+def recorded_config_and_checkpoint(store: Store, run_id: str, dest: Path) -> tuple[Path, Path]:
+    """Download `config/config.yaml` and the checkpoint of run `run_id` into `dest`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = store.client.get_run(run_id)
+    except MlflowException as exc:
+        raise DeepmineError(
+            f"no MLflow run '{run_id}' in {store.uri}", "check the id (see `deepmine ui`)"
+        ) from exc
+    if run.info.lifecycle_stage == "deleted":
+        raise DeepmineError(f"MLflow run '{run_id}' is deleted", "restore it or pick another run")
+    names = {a.path for a in store.client.list_artifacts(run_id, "config")}
+    if "config/config.yaml" not in names:
+        raise DeepmineError(
+            f"run '{run_id}' has no config/config.yaml artifact (not recorded by deepmine train?)",
+            "evaluate its checkpoint with ckpt_path=... and the matching overrides",
+        )
+    checkpoints = [a.path for a in store.client.list_artifacts(run_id, "checkpoints")]
+    if not checkpoints:
+        raise DeepmineError(
+            f"run '{run_id}' has no checkpoint artifact", "train with logger.log_checkpoint=true"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    config = store.client.download_artifacts(run_id, "config/config.yaml", str(dest))
+    checkpoint = store.client.download_artifacts(run_id, sorted(checkpoints)[0], str(dest))
+    return Path(config), Path(checkpoint)

@@ -1,0 +1,107 @@
+"""The life of one MLflow run: open, record, close with the status that really happened.
+
+`recorded_run` ends the run FINISHED when its block returns, KILLED on Ctrl-C or SIGTERM
+(Lightning turns Ctrl-C into `sys.exit(1)`; the KeyboardInterrupt is still its context), and
+FAILED on any other exception, with the error as a tag and the traceback as an artifact. No
+path leaves a run RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+from deepmine.tracking.params import batches, flatten
+from deepmine.tracking.store import Store
+
+
+class RecordedRun:
+    """A handle on one open run; all writes go through the store's client."""
+
+    def __init__(self, store: Store, run_id: str, experiment_name: str):
+        self.store = store
+        self.client = store.client
+        self.run_id = run_id
+        self.experiment_name = experiment_name
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+    def log_params(self, tree: dict) -> None:
+        from mlflow.entities import Param
+
+        for chunk in batches(flatten(tree)):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk.items()])
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(k, str(v)[:8000]) for k, v in tags.items() if v is not None]
+        for start in range(0, len(entries), 100):
+            self.client.log_batch(self.run_id, tags=entries[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if entries:
+            self.client.log_batch(self.run_id, metrics=entries)
+
+    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_json(self, data: dict, artifact_file: str) -> None:
+        self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
+
+    def lightning_logger(self):
+        from deepmine.tracking.logger import MlflowRunLogger
+
+        return MlflowRunLogger(self.client, self.run_id, self.experiment_name)
+
+
+@contextlib.contextmanager
+def recorded_run(
+    store: Store, experiment_name: str, run_name: str, tags: dict[str, str]
+) -> Iterator[RecordedRun]:
+    """Open a run, yield it, and always close it with FINISHED, FAILED or KILLED."""
+    experiment_id = store.experiment_id(experiment_name)
+    info = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info
+    run = RecordedRun(store, info.run_id, experiment_name)
+    try:
+        yield run
+    except BaseException as exc:
+        killed = isinstance(exc, KeyboardInterrupt) or isinstance(
+            exc.__context__, KeyboardInterrupt
+        )
+        if isinstance(exc, SystemExit) and not killed and exc.code in (0, None):
+            store.client.set_terminated(run.run_id, "FINISHED")
+            raise
+        status = "KILLED" if killed else "FAILED"
+        with contextlib.suppress(Exception):  # recording the failure must not hide it
+            _record_error(run, exc, status)
+        store.client.set_terminated(run.run_id, status)
+        raise
+    store.client.set_terminated(run.run_id, "FINISHED")
+
+
+def _record_error(run: RecordedRun, exc: BaseException, status: str) -> None:
+    text = "".join(traceback.format_exception(exc))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    run.set_tags(
+        {"deepmine.status_reason": status, "deepmine.error": f"{type(exc).__name__}: {first}"}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "traceback.txt"
+        path.write_text(text)
+        run.log_file(path, "error")

@@ -1,0 +1,284 @@
+"""`deepmine train`: compose -> check -> seed -> build -> open run -> fit -> test -> record.
+
+Every check a user can fail (config types, seed, data version, tracking store) runs before the
+MLflow run is opened, so bad input leaves no run behind; from the moment the run is open, it is
+closed FINISHED, FAILED or KILLED whatever happens. Returns the objective (`optimized_metric`)
+for sweepers.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from deepmine.config import check_override_types, check_seed, register_resolvers
+from deepmine.errors import DeepmineError
+from deepmine.project import config_dir
+
+register_resolvers()
+
+
+class RunFailed(DeepmineError):
+    """Training raised after the run was opened; the run is recorded FAILED."""
+
+    exit_code = 1
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+def train(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    check_override_types(cfg, hydra_cfg.job.config_name, overrides)
+    seed = check_seed(cfg)
+    data_tags = verify_data(cfg)
+    store = _connect(cfg)
+    if cfg.get("print_config"):
+        _print_config(cfg)
+
+    from deepmine.build import build
+    from deepmine.seeding import seed_everything
+
+    seed_everything(seed, deterministic=bool(cfg.trainer.get("deterministic")))
+    parts = build(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    if store is None:
+        result = _fit_and_test(cfg, parts, output_dir)
+        _print_summary(result, None, None)
+        return result["objective"]
+
+    from deepmine.lineage import start_pip_freeze
+    from deepmine.tracking.run import recorded_run
+
+    pip_freeze = start_pip_freeze()
+    tags = _start_tags(cfg, overrides, seed, data_tags)
+    run_name = cfg.logger.run_name or _run_name(hydra_cfg, overrides)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    run = None
+    try:
+        with recorded_run(store, cfg.experiment_name, run_name, tags) as run:
+            _record_start(run, cfg, output_dir)
+            parts.trainer.loggers = [run.lightning_logger()]
+            result = _fit_and_test(cfg, parts, output_dir)
+            _record_end(run, cfg, parts, result, output_dir, pip_freeze)
+    except DeepmineError:
+        raise
+    except Exception as exc:
+        if run is None:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise RunFailed(
+            f"run {run.run_id} FAILED: {type(exc).__name__}: {first}",
+            "see the traceback in the run's artifact error/traceback.txt",
+        ) from exc
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _print_summary(result, run, store)
+    return result["objective"]
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def verify_data(cfg: DictConfig) -> dict[str, str]:
+    """Check DVC-tracked data against data.dvc; return the data tags for the run."""
+    from deepmine.data.version import DVC_FILE, check, read_pin
+
+    root = Path(cfg.paths.root_dir)
+    data_cls = hydra.utils.get_class(cfg.data._target_)
+    tracked = bool(getattr(data_cls, "dvc_tracked", False))
+    tags = {"deepmine.data.dvc_tracked": str(tracked).lower()}
+    if (root / DVC_FILE).is_file():
+        tags["deepmine.data.md5"] = read_pin(root).md5
+    if not tracked:
+        return tags
+    state = check(root)
+    if not state.present:
+        raise DeepmineError(f"{root / 'data'} is missing", "run `deepmine data pull`")
+    tags["deepmine.data.matches"] = str(state.matches).lower()
+    if not state.matches:
+        changed = ", ".join(state.changed)
+        if not cfg.get("allow_data_mismatch"):
+            raise DeepmineError(
+                f"data/ does not match data.dvc: {changed}",
+                "run `deepmine data pull --force` to restore the pinned version, or pass "
+                "allow_data_mismatch=true to train on it anyway (the run is tagged)",
+            )
+        tags["deepmine.data.changed"] = changed
+        tags["deepmine.data.mismatch_allowed"] = "true"
+    return tags
+
+
+def _connect(cfg: DictConfig):
+    if not cfg.get("logger"):
+        return None
+    from deepmine.tracking.store import connect
+
+    return connect(cfg.logger.tracking_uri, cfg.logger.get("artifact_location"))
+
+
+def _run_name(hydra_cfg, overrides: list[str]) -> str:
+    """`<net>-<data>-<short hash of the overrides>`: same overrides, same name."""
+    choices = hydra_cfg.runtime.choices
+    digest = hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()[:6]
+    return f"{choices.get('net', 'net')}-{choices.get('data', 'data')}-{digest}"
+
+
+def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict) -> dict:
+    from deepmine.lineage import git_state, host, package_versions
+
+    git = git_state(Path(cfg.paths.root_dir))
+    command = " ".join(["deepmine", HydraConfig.get().job.config_name, *overrides])
+    tags = {
+        "mlflow.source.name": "deepmine train",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+        "deepmine.command": command,
+        "deepmine.argv": " ".join(sys.argv),
+        "deepmine.overrides": " ".join(overrides),
+        "deepmine.seed": str(seed),
+        "deepmine.output_dir": str(cfg.paths.output_dir),
+        "deepmine.git.commit": git.commit or "unknown",
+        "deepmine.git.dirty": "unknown" if git.dirty is None else str(git.dirty).lower(),
+        **data_tags,
+        **{f"deepmine.host.{k}": v for k, v in host().items()},
+        **{f"deepmine.version.{k}": v for k, v in package_versions().items()},
+        **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+    }
+    if git.commit:
+        tags["mlflow.source.git.commit"] = git.commit
+    if git.branch:
+        tags["mlflow.source.git.branch"] = git.branch
+    return tags
+
+
+def _record_start(run, cfg: DictConfig, output_dir: Path) -> None:
+    """What is known before training: config, overrides, code diff; the run id on disk."""
+    from deepmine.lineage import git_state
+
+    checkpoints = output_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / "mlflow_run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run.run_id,
+                "experiment": run.experiment_name,
+                "tracking_uri": run.store.uri,
+            },
+            indent=2,
+        )
+    )
+    container = OmegaConf.to_container(cfg, resolve=True)
+    run.log_params(container)
+    run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    hydra_dir = output_dir / HydraConfig.get().output_subdir
+    for name in ("overrides.yaml", "hydra.yaml"):
+        if (hydra_dir / name).is_file():
+            run.log_file(hydra_dir / name, "config")
+    git = git_state(Path(cfg.paths.root_dir))
+    if git.dirty:
+        run.log_text(git.status, "git/status.txt")
+        run.log_text(git.diff, "git/diff.patch")
+
+
+def _fit_and_test(cfg: DictConfig, parts, output_dir: Path) -> dict:
+    trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
+    trainer.fit(task, datamodule=datamodule)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted")
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") or None
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    tested = trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+    test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    metric = cfg.get("optimized_metric")
+    metrics = {**fit_metrics, **test_metrics}
+    if metric and metric not in metrics:
+        raise DeepmineError(
+            f"optimized_metric={metric} was never logged (logged: {', '.join(sorted(metrics))})",
+            "pick one of the logged metrics",
+        )
+    return {
+        "best_checkpoint": best,
+        "metrics": metrics,
+        "objective": metrics.get(metric) if metric else None,
+        "confusion": task.test_confusion,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
+
+
+def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip_freeze) -> None:
+    """Artifacts known at the end: best checkpoint, plots, metrics summary, environment."""
+    from deepmine.plots import confusion_matrix_png, learning_curves_png
+
+    trainer = parts.trainer
+    if result["best_checkpoint"] and cfg.logger.get("log_checkpoint", True):
+        run.log_file(result["best_checkpoint"], "checkpoints")
+    plots = output_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    if result["confusion"] is not None:
+        names = getattr(parts.datamodule, "class_names", ())
+        title = f"{run.run_id[:8]} test confusion matrix"
+        run.log_file(
+            confusion_matrix_png(result["confusion"], names, plots / "confusion_matrix.png", title),
+            "plots",
+        )
+    history = trainer.loggers[0].history
+    run.log_file(
+        learning_curves_png(history, plots / "learning_curves.png", run.run_id[:8]), "plots"
+    )
+    summary = {
+        "metrics": result["metrics"],
+        "objective": {"name": cfg.get("optimized_metric"), "value": result["objective"]},
+        "epochs": result["epochs"],
+        "global_step": result["global_step"],
+        "best_checkpoint": result["best_checkpoint"],
+    }
+    run.log_json(summary, "metrics.json")
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    freeze, _ = pip_freeze.communicate(timeout=120)
+    run.log_text(freeze, "environment/pip-freeze.txt")
+
+
+def _print_config(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        tree.add(f"[bold]{key}[/]").add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    Console(stderr=True).print(tree)
+
+
+def _print_summary(result: dict, run, store) -> None:
+    metrics = result["metrics"]
+    lines = [
+        f"test/acc      {metrics.get('test/acc', float('nan')):.4f}",
+        f"test/f1_macro {metrics.get('test/f1_macro', float('nan')):.4f}",
+    ]
+    if run is not None:
+        lines.insert(0, f"MLflow run    {run.run_id} (experiment '{run.experiment_name}')")
+        lines.append(f"store         {store.uri}")
+        lines.append(f"open the UI   deepmine ui   (or: mlflow ui --backend-store-uri {store.uri})")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    from deepmine.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))
