@@ -147,3 +147,32 @@ def check_seed(cfg: DictConfig) -> int:
             f"seed must be an integer, got {seed!r}", "pass an integer, e.g. seed=42 (0 is valid)"
         )
     return seed
+
+
+def report_errors(task):
+    """Decorate a Hydra task so a single run reports a `DeepmineError` in one line and exits.
+
+    Hydra catches a task's exceptions and prints "Error executing job with overrides: ..." before
+    re-raising; `SystemExit` passes through it untouched, so the one-line report happens here.
+    Lightning ends a Ctrl-C'd fit with `sys.exit(1)`; that becomes exit code 130 (interrupted).
+    """
+    import functools
+    import sys
+
+    @functools.wraps(task)
+    def wrapper(cfg):
+        try:
+            return task(cfg)
+        except DeepmineError as exc:
+            print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        except SystemExit as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                print("interrupted", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
+            raise
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+
+    return wrapper

@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.config import check_override_types, register_resolvers
+from deepmine.config import check_override_types, register_resolvers, report_errors
 from deepmine.errors import DeepmineError
 from deepmine.project import config_dir
 
@@ -23,6 +23,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+@report_errors
 def main(cfg: DictConfig) -> dict:
     return evaluate(cfg)
 

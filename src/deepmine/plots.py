@@ -40,16 +40,24 @@ def learning_curves_png(
 ) -> Path:
     """Loss and accuracy against the training step, one panel each, train vs val."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, quantity in zip(axes, ("loss", "acc"), strict=True):
-        for key, style in (
-            (f"train/{quantity}", ":"),
-            (f"train/{quantity}_epoch", "-o"),
-            (f"val/{quantity}", "-o"),
-        ):
+    # (metric, colour, marker, alpha): train is always C0, validation C1; the raw per-step
+    # train loss is drawn faint behind its epoch mean.
+    panels = {
+        "loss": [
+            ("train/loss", "C0", "", 0.3),
+            ("train/loss_epoch", "C0", "o", 1.0),
+            ("val/loss", "C1", "o", 1.0),
+        ],
+        "acc": [("train/acc", "C0", "o", 1.0), ("val/acc", "C1", "o", 1.0)],
+    }
+    for ax, (quantity, series) in zip(axes, panels.items(), strict=True):
+        for key, color, marker, alpha in series:
             points = history.get(key)
             if points:
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, style, label=key, markersize=3)
+                ax.plot(
+                    steps, values, color=color, marker=marker, alpha=alpha, label=key, markersize=3
+                )
         ax.set_xlabel("step")
         ax.set_ylabel(quantity)
         ax.grid(alpha=0.3)

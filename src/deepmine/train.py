@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.config import check_override_types, check_seed, register_resolvers
+from deepmine.config import check_override_types, check_seed, register_resolvers, report_errors
 from deepmine.errors import DeepmineError
 from deepmine.project import config_dir
 
@@ -33,6 +33,7 @@ class RunFailed(DeepmineError):
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@report_errors
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 
@@ -55,6 +56,7 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     if store is None:
         result = _fit_and_test(cfg, parts, output_dir)
+        (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
         _print_summary(result, None, None)
         return result["objective"]
 
@@ -71,6 +73,7 @@ def train(cfg: DictConfig) -> float | None:
             _record_start(run, cfg, output_dir)
             parts.trainer.loggers = [run.lightning_logger()]
             result = _fit_and_test(cfg, parts, output_dir)
+            (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
             _record_end(run, cfg, parts, result, output_dir, pip_freeze)
     except DeepmineError:
         raise
@@ -220,6 +223,16 @@ def _fit_and_test(cfg: DictConfig, parts, output_dir: Path) -> dict:
     }
 
 
+def _summary(cfg: DictConfig, result: dict) -> dict:
+    return {
+        "metrics": result["metrics"],
+        "objective": {"name": cfg.get("optimized_metric"), "value": result["objective"]},
+        "epochs": result["epochs"],
+        "global_step": result["global_step"],
+        "best_checkpoint": result["best_checkpoint"],
+    }
+
+
 def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip_freeze) -> None:
     """Artifacts known at the end: best checkpoint, plots, metrics summary, environment."""
     from deepmine.plots import confusion_matrix_png, learning_curves_png
@@ -240,15 +253,7 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
     run.log_file(
         learning_curves_png(history, plots / "learning_curves.png", run.run_id[:8]), "plots"
     )
-    summary = {
-        "metrics": result["metrics"],
-        "objective": {"name": cfg.get("optimized_metric"), "value": result["objective"]},
-        "epochs": result["epochs"],
-        "global_step": result["global_step"],
-        "best_checkpoint": result["best_checkpoint"],
-    }
-    run.log_json(summary, "metrics.json")
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    run.log_json(_summary(cfg, result), "metrics.json")
     freeze, _ = pip_freeze.communicate(timeout=120)
     run.log_text(freeze, "environment/pip-freeze.txt")
 

@@ -1,0 +1,99 @@
+"""Shared fixtures: real subprocess runs of the CLI, real SQLite MLflow stores, real DVC repos.
+
+Every run writes into a temporary folder (store, Hydra outputs) and the subprocess's working
+directory is a temporary folder too, so a test also proves nothing lands in the current
+directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBIAN_SOURCE = Path("/usr/share/datasets/fashion-mnist")
+
+
+def deepmine_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DEEPMINE_"))}
+    # Two test workers share two cores: one thread each keeps them from fighting.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`python -m deepmine <args>` in a subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "deepmine", *args],
+        cwd=cwd,
+        env=deepmine_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Sandbox:
+    """A temporary working directory, MLflow store and Hydra output folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.cwd = path / "cwd"
+        self.cwd.mkdir()
+        self.logs = path / "logs"
+        self.db = path / "store" / "mlflow.db"
+        self.uri = f"sqlite:///{self.db}"
+
+    def overrides(self, *extra: str) -> list[str]:
+        store = [] if "logger=none" in extra else [f"logger.tracking_uri={self.uri}"]
+        return [f"paths.log_dir={self.logs}", *store, *extra]
+
+    def train(self, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+        return run_cli("train", *self.overrides(*overrides), cwd=self.cwd, **env)
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def runs(self, experiment: str = "default") -> list:
+        if not self.db.exists():
+            return []
+        client = self.client()
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return Sandbox(tmp_path)
+
+
+def make_dvc_project(path: Path, with_data: bool) -> Path:
+    """A DVC project with this repo's data.dvc; data/ copied from the checkout and committed to
+    the project's own DVC cache when `with_data`."""
+    path.mkdir(parents=True, exist_ok=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=path, check=True)
+    subprocess.run([*dvc, "config", "core.analytics", "false"], cwd=path, check=True)
+    shutil.copy2(ROOT / "data.dvc", path / "data.dvc")
+    if with_data:
+        shutil.copytree(ROOT / "data", path / "data")
+        subprocess.run([*dvc, "commit", "-q", "-f", "data.dvc"], cwd=path, check=True)
+        shutil.copy2(ROOT / "data.dvc", path / "data.dvc")
+    return path
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The error line a failed command printed last on stderr (must start with 'error: ')."""
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert lines, f"no stderr; stdout was:\n{proc.stdout[-2000:]}"
+    assert lines[-1].startswith("error: "), proc.stderr[-3000:]
+    return lines[-1]

@@ -1,0 +1,207 @@
+"""Every option of conf/ composes, and what it describes instantiates and behaves as documented.
+
+In-process Hydra Compose API on the real conf/ tree; real data for the datamodules.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from deepmine.build import build, build_callbacks, build_task
+from deepmine.config import register_resolvers
+
+register_resolvers()
+CONF = ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(tmp_path: Path, *overrides: str, config: str = "train", conf: Path = CONF):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        return compose(config, overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+def test_groups_have_the_documented_options():
+    assert options("data") == ["digits", "fashion_mnist"]
+    assert options("net") == ["cnn", "mlp", "seed_mlp"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "step"]
+    assert options("trainer") == ["cpu", "default", "gpu"]
+    assert options("logger") == ["mlflow", "none"]
+    assert options("debug") == ["fast"]
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_datamodule_loads_real_data_in_memory(tmp_path, data):
+    cfg = compose_cfg(tmp_path, f"data={data}")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert list(x.shape) == [cfg.data.batch_size, *cfg.data.input_shape]
+    assert x.dtype == torch.float32 and y.dtype == torch.long
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0  # normalize=scale
+    sizes = {split: len(t[0]) for split, t in dm.tensors.items()}
+    expected_test = {"fashion_mnist": 10_000, "digits": 359}[data]
+    assert sizes["test"] == expected_test
+    assert set(range(cfg.data.num_classes)) == set(dm.tensors["train"][1].tolist())
+
+
+def test_val_split_is_fixed_by_split_seed_not_by_seed(tmp_path):
+    def val_targets(*overrides):
+        dm = instantiate(compose_cfg(tmp_path, "data=digits", *overrides).data)
+        dm.setup()
+        return dm.tensors["val"][1]
+
+    assert torch.equal(val_targets("seed=1"), val_targets("seed=2"))
+    assert not torch.equal(val_targets("data.split_seed=0"), val_targets("data.split_seed=1"))
+    assert len(val_targets("data.val_size=100")) == 100
+
+
+@pytest.mark.parametrize("normalize", ["scale", "standardize", "none"])
+def test_normalize_options(tmp_path, normalize):
+    dm = instantiate(compose_cfg(tmp_path, "data=digits", f"data.normalize={normalize}").data)
+    dm.setup()
+    x = dm.tensors["train"][0]
+    if normalize == "scale":
+        assert float(x.max()) == 1.0 and float(x.min()) == 0.0
+    elif normalize == "standardize":
+        assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+    else:
+        assert float(x.max()) == 16.0
+
+
+@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("net", options("net"))
+def test_every_net_fits_every_data(tmp_path, net, data):
+    cfg = compose_cfg(tmp_path, f"net={net}", f"data={data}")
+    model = instantiate(cfg.net)
+    x = torch.rand(3, *cfg.data.input_shape)
+    assert model(x).shape == (3, cfg.data.num_classes)
+
+
+def test_seed_mlp_is_the_seed_article_model(tmp_path):
+    model = instantiate(compose_cfg(tmp_path, "net=seed_mlp").net)
+    kinds = [type(m).__name__ for m in model.layers]
+    assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
+    assert model.layers[1].out_features == 64 and model.layers[3].p == 0.2
+
+
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+def test_optimizer_and_scheduler_complete_in_configure_optimizers(tmp_path, optimizer, scheduler):
+    cfg = compose_cfg(tmp_path, f"optimizer={optimizer}", f"scheduler={scheduler}")
+    configured = build_task(cfg).configure_optimizers()
+    opt = configured["optimizer"] if isinstance(configured, dict) else configured
+    assert type(opt).__name__.lower() == optimizer
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+    if scheduler == "none":
+        assert not isinstance(configured, dict)
+    else:
+        sched = configured["lr_scheduler"]["scheduler"]
+        expected = {"cosine": "CosineAnnealingLR", "step": "StepLR"}[scheduler]
+        assert type(sched).__name__ == expected
+    if scheduler == "cosine":
+        assert sched.T_max == cfg.trainer.max_epochs
+
+
+def test_task_loss_is_configurable(tmp_path):
+    task = build_task(compose_cfg(tmp_path, "task.loss.label_smoothing=0.1"))
+    assert task.loss_fn.label_smoothing == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu"])
+def test_cpu_trainers_instantiate_deterministic(tmp_path, trainer):
+    cfg = compose_cfg(tmp_path, f"trainer={trainer}")
+    t = instantiate(cfg.trainer, logger=False)
+    assert isinstance(t, pl.Trainer)
+    assert torch.are_deterministic_algorithms_enabled()
+    if trainer == "cpu":
+        assert t.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
+def test_gpu_trainer_requests_a_gpu(tmp_path):
+    cfg = compose_cfg(tmp_path, "trainer=gpu")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.deterministic is True
+    if torch.cuda.is_available():
+        assert instantiate(cfg.trainer, logger=False).accelerator.__class__.__name__ == (
+            "CUDAAccelerator"
+        )
+    else:
+        with pytest.raises(Exception, match=r"(?i)gpu|cuda"):
+            instantiate(cfg.trainer, logger=False)
+
+
+def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    names = {type(c).__name__ for c in build_callbacks(cfg)}
+    assert names == {"ModelCheckpoint", "EarlyStopping", "RichProgressBar", "LearningRateMonitor"}
+    for key in cfg.callbacks:
+        left = build_callbacks(compose_cfg(tmp_path, f"callbacks.{key}=null"))
+        assert len(left) == 3
+    checkpoint = instantiate(cfg.callbacks.model_checkpoint)
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/acc"
+
+
+def test_logger_options(tmp_path):
+    mlflow_cfg = compose_cfg(tmp_path, "logger=mlflow")
+    uri = mlflow_cfg.logger.tracking_uri
+    assert uri == f"sqlite:///{ROOT}/mlflow.db" and uri.startswith("sqlite:////")
+    assert compose_cfg(tmp_path, "logger=none").logger is None
+
+
+def test_debug_fast_limits_batches(tmp_path):
+    cfg = compose_cfg(tmp_path, "debug=fast")
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 5
+    assert cfg.print_config is False
+
+
+def test_paths_are_absolute_and_anchored_at_the_project(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    assert cfg.paths.root_dir == str(ROOT)
+    for key in ("data_dir", "log_dir"):
+        assert Path(cfg.paths[key]).is_absolute() and cfg.paths[key].startswith(str(ROOT))
+    assert cfg.data.data_dir == f"{ROOT}/data/fashion_mnist"
+
+
+def test_hydra_run_dirs_are_unique_per_microsecond(tmp_path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    pattern = rf"^{ROOT}/logs/train/runs/\d{{4}}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{{6}}$"
+    assert re.match(pattern, cfg.hydra.run.dir), cfg.hydra.run.dir
+    assert cfg.hydra.job.chdir is False
+    assert cfg.hydra.job_logging.root.handlers == ["file"]
+
+
+def test_optional_local_config_is_composed_last(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    assert compose_cfg(tmp_path, conf=conf).trainer.max_epochs == 5
+    (conf / "local" / "default.yaml").write_text("trainer:\n  max_epochs: 7\n")
+    assert compose_cfg(tmp_path, conf=conf).trainer.max_epochs == 7
+
+
+def test_eval_config_composes_with_every_group(tmp_path):
+    cfg = compose_cfg(tmp_path, "run_id=abc", config="eval")
+    assert cfg.run_id == "abc" and cfg.ckpt_path is None
+    assert OmegaConf.select(cfg, "callbacks") is None
+
+
+def test_whole_run_builds_before_any_logger(tmp_path):
+    parts = build(compose_cfg(tmp_path, "data=digits", "net=cnn"))
+    assert parts.trainer.loggers == []
+    assert type(parts.task.net).__name__ == "SmallCNN"

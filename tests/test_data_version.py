@@ -1,0 +1,125 @@
+"""DVC data versioning for real: the pull round trip through a local remote, and runs refused
+(or tagged) when data/ is missing or differs from data.dvc."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEBIAN_SOURCE, ROOT, make_dvc_project, one_line_error, run_cli
+
+FILES = sorted(p.name for p in (ROOT / "data" / "fashion_mnist").iterdir())
+
+
+def dvc(project, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def assert_same_bytes(project):
+    for name in FILES:
+        got = (project / "data" / "fashion_mnist" / name).read_bytes()
+        assert got == (DEBIAN_SOURCE / name).read_bytes(), name
+
+
+def test_pull_round_trip_through_a_local_dvc_remote(tmp_path):
+    project = make_dvc_project(tmp_path / "project", with_data=False)
+    pinned = (project / "data.dvc").read_text()
+
+    # No remote: filled from the public source, verified, DVC cache filled.
+    first = run_cli("data", "pull", "--root", str(project), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "filled data/ from the public source" in first.stdout
+    assert_same_bytes(project)
+    assert (project / "data.dvc").read_text() == pinned
+    assert "up to date" in dvc(project, "status").stdout.lower()
+
+    # Push to a local remote, lose data/ and the cache, pull back from the remote.
+    remote = tmp_path / "remote"
+    dvc(project, "remote", "add", "-d", "local", str(remote))
+    dvc(project, "push", "-q")
+    assert any(remote.rglob("*")), "push wrote nothing"
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache")
+    second = run_cli("data", "pull", "--root", str(project), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "pulled data/ from DVC remote 'local'" in second.stdout
+    assert_same_bytes(project)
+    assert (project / "data.dvc").read_text() == pinned
+    status = run_cli("data", "status", "--root", str(project), cwd=tmp_path)
+    assert status.returncode == 0 and "matches data.dvc" in status.stdout
+
+
+def test_pull_refuses_to_overwrite_local_changes_without_force(tmp_path):
+    project = make_dvc_project(tmp_path / "p", with_data=True)
+    target = project / "data" / "fashion_mnist" / FILES[0]
+    target.write_bytes(b"local edit")
+    proc = run_cli("data", "pull", "--root", str(project), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{FILES[0]} (modified)" in one_line_error(proc) and "--force" in proc.stderr
+    assert target.read_bytes() == b"local edit"
+
+
+def test_public_source_with_other_bytes_is_refused_and_rolled_back(tmp_path):
+    project = make_dvc_project(tmp_path / "p", with_data=False)
+    dvc_file = project / "data.dvc"
+    forged = dvc_file.read_text().replace("3fc4a4814b642d916614b199d1f2840a", "0" * 32)
+    assert forged != dvc_file.read_text(), "test assumes the pinned md5 of data.dvc"
+    dvc_file.write_text(forged)
+    proc = run_cli("data", "pull", "--root", str(project), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "differ from the version pinned in data.dvc" in one_line_error(proc)
+    assert dvc_file.read_text() == forged and not (project / "data").exists()
+
+
+def test_missing_data_refuses_to_train(tmp_path, sandbox):
+    project = make_dvc_project(tmp_path / "p", with_data=False)
+    proc = sandbox.train(f"paths.root_dir={project}", "debug=fast")
+    assert proc.returncode == 2
+    assert (
+        one_line_error(proc) == f"error: {project}/data is missing. Fix: run `deepmine data pull`"
+    )
+    assert sandbox.runs() == []
+
+
+@pytest.fixture
+def modified_project(tmp_path):
+    """Valid IDX data that differs from the pinned bytes: three test labels changed."""
+    project = make_dvc_project(tmp_path / "p", with_data=True)
+    labels = project / "data" / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[8:11] = bytes((b + 1) % 10 for b in raw[8:11])
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    return project
+
+
+def test_modified_data_is_refused_naming_the_file(modified_project, sandbox):
+    proc = sandbox.train(f"paths.root_dir={modified_project}", "debug=fast")
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert "data/ does not match data.dvc" in line
+    assert "data/fashion_mnist/t10k-labels-idx1-ubyte.gz (modified)" in line
+    assert "allow_data_mismatch=true" in line
+    assert sandbox.runs() == []
+
+
+def test_modified_data_allowed_explicitly_is_tagged(modified_project, sandbox):
+    proc = sandbox.train(
+        f"paths.root_dir={modified_project}", "debug=fast", "allow_data_mismatch=true"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = sandbox.runs()
+    tags = run.data.tags
+    assert run.info.status == "FINISHED"
+    assert tags["deepmine.data.matches"] == "false"
+    assert tags["deepmine.data.mismatch_allowed"] == "true"
+    assert "t10k-labels-idx1-ubyte.gz" in tags["deepmine.data.changed"]

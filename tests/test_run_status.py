@@ -1,0 +1,56 @@
+"""Once a run is open it ends FINISHED, FAILED (error recorded) or KILLED, never RUNNING."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import deepmine_env, one_line_error
+
+
+def test_exception_during_training_marks_the_run_failed(sandbox):
+    proc = sandbox.train("data=digits", "debug=fast", "optimizer.lr=-1.0")
+    assert proc.returncode == 1
+    line = one_line_error(proc)
+    (run,) = sandbox.runs()
+    assert run.info.status == "FAILED"
+    assert f"run {run.info.run_id} FAILED: ValueError: Invalid learning rate" in line
+    assert "Invalid learning rate" in run.data.tags["deepmine.error"]
+    client = sandbox.client()
+    paths = [a.path for a in client.list_artifacts(run.info.run_id, "error")]
+    assert paths == ["error/traceback.txt"]
+    text = client.download_artifacts(run.info.run_id, "error/traceback.txt", str(sandbox.path))
+    assert "Traceback" in Path(text).read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_marks_the_run_killed(sandbox, sig):
+    args = sandbox.overrides(
+        "data=digits", "trainer.max_epochs=10000", "callbacks.early_stopping=null"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepmine", "train", *args],
+        cwd=sandbox.cwd,
+        env=deepmine_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    records = []
+    while not records and time.time() < deadline:
+        records = list(sandbox.logs.glob("train/runs/*/*/checkpoints/epoch*.ckpt"))
+        time.sleep(0.2)
+    assert records, "training never reached a first checkpoint"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    (run,) = sandbox.runs()
+    assert run.info.status == "KILLED"
+    run_file = next(sandbox.logs.glob("train/runs/*/*/checkpoints/mlflow_run.json"))
+    assert json.loads(run_file.read_text())["run_id"] == run.info.run_id
