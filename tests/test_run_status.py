@@ -31,8 +31,13 @@ def test_exception_during_training_marks_the_run_failed(sandbox):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_marks_the_run_killed(sandbox, sig):
+    # a store write every step: the signal is likely to land in or near one (a signal inside an
+    # SQLite commit once left the database locked and the run RUNNING)
     args = sandbox.overrides(
-        "data=digits", "trainer.max_epochs=10000", "callbacks.early_stopping=null"
+        "data=digits",
+        "trainer.max_epochs=10000",
+        "trainer.log_every_n_steps=1",
+        "callbacks.early_stopping=null",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepmine", "train", *args],

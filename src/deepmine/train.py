@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from deepmine import interrupts
 from deepmine.config import check_override_types, check_seed, register_resolvers, report_errors
 from deepmine.errors import DeepmineError
 from deepmine.project import config_dir
@@ -66,10 +66,12 @@ def train(cfg: DictConfig) -> float | None:
     pip_freeze = start_pip_freeze()
     tags = _start_tags(cfg, overrides, seed, data_tags)
     run_name = cfg.logger.run_name or _run_name(hydra_cfg, overrides)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = None
     try:
-        with recorded_run(store, cfg.experiment_name, run_name, tags) as run:
+        with (
+            interrupts.installed(),
+            recorded_run(store, cfg.experiment_name, run_name, tags) as run,
+        ):
             _record_start(run, cfg, output_dir)
             parts.trainer.loggers = [run.lightning_logger()]
             result = _fit_and_test(cfg, parts, output_dir)
@@ -85,14 +87,8 @@ def train(cfg: DictConfig) -> float | None:
             f"run {run.run_id} FAILED: {type(exc).__name__}: {first}",
             "see the traceback in the run's artifact error/traceback.txt",
         ) from exc
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _print_summary(result, run, store)
     return result["objective"]
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def verify_data(cfg: DictConfig) -> dict[str, str]:

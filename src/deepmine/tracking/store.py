@@ -63,7 +63,28 @@ def connect(tracking_uri: str, artifact_location: str | None = None) -> Store:
         )
     if artifact_location and "://" not in artifact_location:
         artifact_location = Path(artifact_location).resolve().as_uri()
-    return Store(tracking_uri, MlflowClient(tracking_uri=tracking_uri), artifact_location)
+    client = _InterruptSafeClient(MlflowClient(tracking_uri=tracking_uri))
+    return Store(tracking_uri, client, artifact_location)
+
+
+class _InterruptSafeClient:
+    """An MlflowClient whose every call runs inside `deepmine.interrupts.critical()`."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            from deepmine.interrupts import critical
+
+            with critical():
+                return attribute(*args, **kwargs)
+
+        return call
 
 
 def _check_server(uri: str) -> None:

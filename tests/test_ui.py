@@ -1,0 +1,58 @@
+"""`deepmine ui` serves a real MLflow UI on the store the runs were written to."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import deepmine_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_recorded_run(sandbox):
+    proc = sandbox.train("data=digits", "debug=fast")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = sandbox.runs()
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepmine",
+            "ui",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            sandbox.uri,
+        ],
+        cwd=sandbox.cwd,
+        env=deepmine_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/get?run_id={run.info.run_id}"
+        deadline, body = time.time() + 90, None
+        while body is None and time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "the UI never answered"
+        served = body["run"]
+        assert served["info"]["run_name"] == run.info.run_name
+        params = {p["key"]: p["value"] for p in served["data"]["params"]}
+        assert params["data._target_"] == "deepmine.data.digits.DigitsDataModule"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
