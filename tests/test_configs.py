@@ -205,3 +205,33 @@ def test_whole_run_builds_before_any_logger(tmp_path):
     parts = build(compose_cfg(tmp_path, "data=digits", "net=cnn"))
     assert parts.trainer.loggers == []
     assert type(parts.task.net).__name__ == "SmallCNN"
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
+def test_mlp_activations(tmp_path, activation):
+    model = instantiate(compose_cfg(tmp_path, "net=mlp", f"net.activation={activation}").net)
+    assert [type(m).__name__.lower() for m in model.layers][2] == activation
+    assert [m.out_features for m in model.layers if isinstance(m, torch.nn.Linear)] == [
+        256,
+        128,
+        10,
+    ]
+
+
+def test_cnn_options_shape_the_net(tmp_path):
+    cfg = compose_cfg(
+        tmp_path, "net=cnn", "net.channels=[8,16,32]", "net.kernel_size=3", "net.dropout=0.5"
+    )
+    model = instantiate(cfg.net)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32] and convs[0].kernel_size == (3, 3)
+    assert isinstance(model.head[1], torch.nn.Dropout) and model.head[1].p == 0.5
+    assert model.head[-1].in_features == 32 * 3 * 3  # 28 -> 14 -> 7 -> 3
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_eval_batch_size_sets_val_and_test_batches(tmp_path):
+    dm = instantiate(compose_cfg(tmp_path, "data=digits", "data.eval_batch_size=100").data)
+    dm.setup()
+    assert len(dm.val_dataloader()) == -(-len(dm.tensors["val"][0]) // 100)
+    assert [len(b[0]) for b in dm.test_dataloader()] == [100, 100, 100, 59]

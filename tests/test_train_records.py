@@ -151,3 +151,32 @@ def test_print_config_shows_the_tree(sandbox):
     assert "DigitsDataModule" in proc.stderr
     quiet = sandbox.train("data=digits", "debug=fast", "print_config=false", "logger=none")
     assert "DigitsDataModule" not in quiet.stderr
+
+
+def test_logger_options_name_location_and_checkpoint_upload(sandbox):
+    artifacts = sandbox.path / "elsewhere"
+    proc = sandbox.train(
+        "data=digits",
+        "debug=fast",
+        "logger.run_name=my-run",
+        f"logger.artifact_location={artifacts}",
+        "logger.log_checkpoint=false",
+        "optimized_metric=val/loss",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = sandbox.runs()
+    assert run.info.run_name == "my-run"
+    assert run.info.artifact_uri.startswith(artifacts.as_uri())
+    assert list(artifacts.rglob("metrics.json"))
+    assert not sandbox.client().list_artifacts(run.info.run_id, "checkpoints")
+    summary = json.loads(next(sandbox.logs.glob("train/runs/*/*/metrics.json")).read_text())
+    assert summary["objective"] == {"name": "val/loss", "value": summary["metrics"]["val/loss"]}
+
+
+def test_unknown_optimized_metric_fails_the_run_naming_the_logged_ones(sandbox):
+    proc = sandbox.train("data=digits", "debug=fast", "optimized_metric=val/auc")
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: optimized_metric=val/auc was never logged") and "val/acc" in line
+    (run,) = sandbox.runs()
+    assert run.info.status == "FAILED"
