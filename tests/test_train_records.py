@@ -36,9 +36,13 @@ def artifact_paths(client, run_id, path=None) -> set[str]:
 def test_run_finished_with_conventional_name(recorded):
     box, proc, run = recorded
     assert run.info.status == "FINISHED"
+    experiment = box.client().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.run_name.startswith("seed_mlp-fashion_mnist-")
     assert run.info.run_id in proc.stdout and "test/acc" in proc.stdout
     assert f"mlflow ui --backend-store-uri {box.uri}" in proc.stdout
+    link = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType="
+    assert link in proc.stdout
 
 
 def test_params_are_the_whole_resolved_config_untruncated(recorded):

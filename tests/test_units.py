@@ -77,6 +77,7 @@ class Boom:
         return (print, ("pickled code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.ckpt"
     with path.open("wb") as f:

@@ -275,7 +275,13 @@ def _print_summary(result: dict, run, store) -> None:
     if run is not None:
         lines.insert(0, f"MLflow run    {run.run_id} (experiment '{run.experiment_name}')")
         lines.append(f"store         {store.uri}")
-        lines.append(f"open the UI   deepmine ui   (or: mlflow ui --backend-store-uri {store.uri})")
+        if store.uri.startswith(("http://", "https://")):
+            lines.append(f"open the run  {store.uri.rstrip('/')}/{run.ui_path()}")
+        else:
+            lines.append(
+                f"open the UI   deepmine ui   (or: mlflow ui --backend-store-uri {store.uri})"
+            )
+            lines.append(f"then the run  http://127.0.0.1:5000/{run.ui_path()}")
     print("\n".join(lines), flush=True)
 
 

@@ -22,11 +22,18 @@ from deepmine.tracking.store import Store
 class RecordedRun:
     """A handle on one open run; all writes go through the store's client."""
 
-    def __init__(self, store: Store, run_id: str, experiment_name: str):
+    def __init__(self, store: Store, run_id: str, experiment_name: str, experiment_id: str):
         self.store = store
         self.client = store.client
         self.run_id = run_id
         self.experiment_name = experiment_name
+        self.experiment_id = experiment_id
+
+    def ui_path(self) -> str:
+        """The run's page in the MLflow UI, in its model-training view."""
+        return (
+            f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        )
 
     @property
     def artifact_uri(self) -> str:
@@ -77,7 +84,7 @@ def recorded_run(
     """Open a run, yield it, and always close it with FINISHED, FAILED or KILLED."""
     experiment_id = store.experiment_id(experiment_name)
     info = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info
-    run = RecordedRun(store, info.run_id, experiment_name)
+    run = RecordedRun(store, info.run_id, experiment_name, experiment_id)
     try:
         yield run
     except BaseException as exc:

@@ -14,6 +14,9 @@ from pathlib import Path
 from deepmine.errors import DeepmineError
 
 SERVER_TIMEOUT_S = 5.0
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds trained
+# models; with it, runs appear under "Model training" with their params, metrics and charts.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 @dataclass
@@ -35,7 +38,9 @@ class Store:
                 )
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+            return self.client.create_experiment(
+                name, artifact_location=self.artifact_location, tags=EXPERIMENT_TAGS
+            )
         except MlflowException:  # created meanwhile by a parallel job
             return self.client.get_experiment_by_name(name).experiment_id
 
