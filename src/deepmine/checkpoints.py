@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from deepmine.errors import DeepmineError
+from deepmine.errors import DeepmineError, first_line
 
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> None:
@@ -20,9 +20,8 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise DeepmineError(
-            f"{path} is not a loadable weights-only checkpoint ({first})",
+            f"{path} is not a loadable weights-only checkpoint ({first_line(exc)})",
             "use a checkpoint written by deepmine train",
         ) from exc
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None

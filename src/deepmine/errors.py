@@ -15,3 +15,8 @@ class DeepmineError(Exception):
 
     def one_line(self) -> str:
         return f"{self.problem}. Fix: {self.fix}" if self.fix else self.problem
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library messages span many)."""
+    return (str(exc).strip().splitlines() or [""])[0]

@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from deepmine.train import _connect, verify_data
+    from deepmine.train import connect_store, verify_data
 
     hydra_cfg = HydraConfig.get()
     check_override_types(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "deepmine eval needs exactly one of run_id and ckpt_path",
             "pass run_id=<mlflow run id> or ckpt_path=<file.ckpt>",
         )
-    store = _connect(cfg)
+    store = connect_store(cfg)
     model_cfg = cfg
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.run_id:

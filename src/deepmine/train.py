@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepmine import interrupts
 from deepmine.config import check_override_types, check_seed, register_resolvers, report_errors
-from deepmine.errors import DeepmineError
+from deepmine.errors import DeepmineError, first_line
 from deepmine.project import config_dir
 
 register_resolvers()
@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> float | None:
     check_override_types(cfg, hydra_cfg.job.config_name, overrides)
     seed = check_seed(cfg)
     data_tags = verify_data(cfg)
-    store = _connect(cfg)
+    store = connect_store(cfg)
     if cfg.get("print_config"):
         _print_config(cfg)
 
@@ -56,15 +56,15 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     if store is None:
         result = _fit_and_test(cfg, parts, output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
         _print_summary(result, None, None)
         return result["objective"]
 
-    from deepmine.lineage import start_pip_freeze
+    from deepmine.lineage import git_state, start_pip_freeze
     from deepmine.tracking.run import recorded_run
 
     pip_freeze = start_pip_freeze()
-    tags = _start_tags(cfg, overrides, seed, data_tags)
+    git = git_state(Path(cfg.paths.root_dir))
+    tags = _start_tags(cfg, overrides, seed, data_tags, git)
     run_name = cfg.logger.run_name or _run_name(hydra_cfg, overrides)
     run = None
     try:
@@ -72,19 +72,17 @@ def train(cfg: DictConfig) -> float | None:
             interrupts.installed(),
             recorded_run(store, cfg.experiment_name, run_name, tags) as run,
         ):
-            _record_start(run, cfg, output_dir)
+            _record_start(run, cfg, output_dir, git)
             parts.trainer.loggers = [run.lightning_logger()]
             result = _fit_and_test(cfg, parts, output_dir)
-            (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
             _record_end(run, cfg, parts, result, output_dir, pip_freeze)
     except DeepmineError:
         raise
     except Exception as exc:
         if run is None:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise RunFailed(
-            f"run {run.run_id} FAILED: {type(exc).__name__}: {first}",
+            f"run {run.run_id} FAILED: {type(exc).__name__}: {first_line(exc)}",
             "see the traceback in the run's artifact error/traceback.txt",
         ) from exc
     _print_summary(result, run, store)
@@ -120,7 +118,8 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def _connect(cfg: DictConfig):
+def connect_store(cfg: DictConfig):
+    """The tracking store named by `cfg.logger`, or None for `logger=none` (shared with eval)."""
     if not cfg.get("logger"):
         return None
     from deepmine.tracking.store import connect
@@ -135,10 +134,9 @@ def _run_name(hydra_cfg, overrides: list[str]) -> str:
     return f"{choices.get('net', 'net')}-{choices.get('data', 'data')}-{digest}"
 
 
-def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict) -> dict:
-    from deepmine.lineage import git_state, host, package_versions
+def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict, git) -> dict:
+    from deepmine.lineage import host, package_versions
 
-    git = git_state(Path(cfg.paths.root_dir))
     command = " ".join(["deepmine", HydraConfig.get().job.config_name, *overrides])
     tags = {
         "mlflow.source.name": "deepmine train",
@@ -163,10 +161,8 @@ def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dic
     return tags
 
 
-def _record_start(run, cfg: DictConfig, output_dir: Path) -> None:
+def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
     """What is known before training: config, overrides, code diff; the run id on disk."""
-    from deepmine.lineage import git_state
-
     checkpoints = output_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     (checkpoints / "mlflow_run.json").write_text(
@@ -186,7 +182,6 @@ def _record_start(run, cfg: DictConfig, output_dir: Path) -> None:
     for name in ("overrides.yaml", "hydra.yaml"):
         if (hydra_dir / name).is_file():
             run.log_file(hydra_dir / name, "config")
-    git = git_state(Path(cfg.paths.root_dir))
     if git.dirty:
         run.log_text(git.status, "git/status.txt")
         run.log_text(git.diff, "git/diff.patch")
@@ -209,7 +204,7 @@ def _fit_and_test(cfg: DictConfig, parts, output_dir: Path) -> dict:
             f"optimized_metric={metric} was never logged (logged: {', '.join(sorted(metrics))})",
             "pick one of the logged metrics",
         )
-    return {
+    result = {
         "best_checkpoint": best,
         "metrics": metrics,
         "objective": metrics.get(metric) if metric else None,
@@ -217,6 +212,8 @@ def _fit_and_test(cfg: DictConfig, parts, output_dir: Path) -> dict:
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
     }
+    (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
+    return result
 
 
 def _summary(cfg: DictConfig, result: dict) -> dict:

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+from deepmine.errors import first_line
 from deepmine.tracking.params import batches, flatten
 from deepmine.tracking.store import Store
 
@@ -35,10 +36,6 @@ class RecordedRun:
             f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
         )
 
-    @property
-    def artifact_uri(self) -> str:
-        return self.client.get_run(self.run_id).info.artifact_uri
-
     def log_params(self, tree: dict) -> None:
         from mlflow.entities import Param
 
@@ -51,16 +48,6 @@ class RecordedRun:
         entries = [RunTag(k, str(v)[:8000]) for k, v in tags.items() if v is not None]
         for start in range(0, len(entries), 100):
             self.client.log_batch(self.run_id, tags=entries[start : start + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if entries:
-            self.client.log_batch(self.run_id, metrics=entries)
 
     def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
@@ -104,10 +91,8 @@ def recorded_run(
 
 def _record_error(run: RecordedRun, exc: BaseException, status: str) -> None:
     text = "".join(traceback.format_exception(exc))
-    first = (str(exc).strip().splitlines() or [""])[0]
-    run.set_tags(
-        {"deepmine.status_reason": status, "deepmine.error": f"{type(exc).__name__}: {first}"}
-    )
+    error = f"{type(exc).__name__}: {first_line(exc)}"
+    run.set_tags({"deepmine.status_reason": status, "deepmine.error": error})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "traceback.txt"
         path.write_text(text)
