@@ -28,9 +28,11 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
-def build(cfg: DictConfig) -> Parts:
-    """Everything but the logger: a broken config fails here, before any run is opened."""
+def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Parts:
+    """Everything but the logger: a broken config fails here, before any run is opened.
+    `extra_callbacks` come from the run's context, not its config (a sweep's pruning hook)."""
     datamodule = instantiate(cfg.data)
     task = build_task(cfg)
-    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=False)
+    callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     return Parts(datamodule, task, trainer)

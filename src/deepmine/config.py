@@ -13,7 +13,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.errors import DeepmineError
+from deepmine.errors import DeepmineError, first_line
 from deepmine.project import project_root
 
 _CONFIG_GROUPS = (
@@ -150,29 +150,53 @@ def check_seed(cfg: DictConfig) -> int:
 
 
 def report_errors(task):
-    """Decorate a Hydra task so a single run reports a `DeepmineError` in one line and exits.
+    """Decorate a Hydra task so errors are reported in one line.
 
-    Hydra catches a task's exceptions and prints "Error executing job with overrides: ..." before
-    re-raising; `SystemExit` passes through it untouched, so the one-line report happens here.
-    Lightning ends a Ctrl-C'd fit with `sys.exit(1)`; that becomes exit code 130 (interrupted).
+    A single run reports a `DeepmineError` and exits: Hydra catches a task's exceptions and
+    prints "Error executing job with overrides: ..." before re-raising; `SystemExit` passes
+    through it untouched, so the one-line report happens here. Lightning ends a Ctrl-C'd fit
+    with `sys.exit(1)`; that becomes exit code 130 (interrupted).
+
+    A job of a multirun prints the same line prefixed with its job number and then raises the
+    error as an ordinary exception: Hydra records the job FAILED and the sweep goes on with the
+    next job (a `SystemExit` would end the whole sweep, or kill a joblib worker). Ctrl-C still
+    ends the sweep.
     """
     import functools
     import sys
 
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     @functools.wraps(task)
     def wrapper(cfg):
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        prefix = f"job {HydraConfig.get().job.num}: " if multirun else ""
         try:
             return task(cfg)
         except DeepmineError as exc:
-            print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
+            print(f"error: {prefix}{exc.one_line()}", file=sys.stderr, flush=True)
+            if multirun:
+                raise
             raise SystemExit(getattr(exc, "exit_code", 2)) from None
         except SystemExit as exc:
             if isinstance(exc.__context__, KeyboardInterrupt):
                 print("interrupted", file=sys.stderr, flush=True)
+                if multirun:
+                    raise KeyboardInterrupt from None
                 raise SystemExit(130) from None
             raise
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
+            if multirun:
+                raise
             raise SystemExit(130) from None
+        except Exception as exc:
+            if not multirun:
+                raise
+            if type(exc).__name__ != "TrialPruned":
+                line = describe_error(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+                print(f"error: {prefix}{line}", file=sys.stderr, flush=True)
+            raise
 
     return wrapper

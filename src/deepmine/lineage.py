@@ -82,3 +82,23 @@ def start_pip_freeze() -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def source_tags(git: GitState) -> dict[str, str]:
+    """Tags every deepmine run carries (single runs and sweep parents): code, machine, versions."""
+    import getpass
+
+    tags = {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+        "deepmine.argv": " ".join(sys.argv),
+        "deepmine.git.commit": git.commit or "unknown",
+        "deepmine.git.dirty": "unknown" if git.dirty is None else str(git.dirty).lower(),
+        **{f"deepmine.host.{k}": v for k, v in host().items()},
+        **{f"deepmine.version.{k}": v for k, v in package_versions().items()},
+    }
+    if git.commit:
+        tags["mlflow.source.git.commit"] = git.commit
+    if git.branch:
+        tags["mlflow.source.git.branch"] = git.branch
+    return tags

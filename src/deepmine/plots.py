@@ -68,3 +68,62 @@ def learning_curves_png(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def objective_per_trial_png(points, name: str, direction: str, path: Path) -> Path:
+    """Objective of every job in launch order, failures marked at the bottom, with the running
+    best: how fast the sweep found its best."""
+    import math
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+
+    def ok(value, status) -> bool:
+        return status == "FINISHED" and value is not None and math.isfinite(value)
+
+    scored = [(j, v) for j, v, s in points if ok(v, s)]
+    if scored:
+        jobs, values = zip(*sorted(scored), strict=True)
+        ax.plot(jobs, values, "o", label=name)
+        pick = np.maximum if direction == "maximize" else np.minimum
+        ax.step(jobs, pick.accumulate(np.asarray(values)), where="post", label="best so far")
+    others = sorted((j, s) for j, v, s in points if not ok(v, s))
+    for job, status in others:
+        ax.axvline(job, color="red" if status != "PRUNED" else "grey", alpha=0.3)
+        ax.annotate(
+            status, (job, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7
+        )
+    ax.set_xlabel("job / trial")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} per trial ({direction})")
+    ax.grid(alpha=0.3)
+    if scored:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def objective_vs_params_png(params: dict[str, list], values: list[float], name: str, path: Path):
+    """One panel per swept param: objective against the param's value (log axis for positive
+    numbers spanning more than two decades; categories as evenly spaced labels)."""
+    n = max(len(params), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    for ax, (param, xs) in zip(axes[0], params.items(), strict=False):
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+        if numeric and xs:
+            ax.plot(xs, values, "o")
+            positive = [x for x in xs if x > 0]
+            if len(positive) == len(xs) and max(xs) / min(positive) > 100:
+                ax.set_xscale("log")
+        elif xs:
+            labels = sorted({str(x) for x in xs})
+            ax.plot([labels.index(str(x)) for x in xs], values, "o")
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_xlabel(param)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -8,7 +8,6 @@ for sweepers.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from deepmine import interrupts
@@ -39,43 +39,81 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def train(cfg: DictConfig) -> float | None:
+    """One run (or one job of a sweep); the process is left as it was found (see
+    `deepmine.process_state`), so the next job in the same process starts clean."""
+    from deepmine.process_state import isolated
+
+    with isolated():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> float | None:
+    from deepmine.sweeps.job import current_job
+
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     check_override_types(cfg, hydra_cfg.job.config_name, overrides)
     seed = check_seed(cfg)
+    if cfg.get("resume") not in (None, False) and hydra_cfg.mode != RunMode.MULTIRUN:
+        raise DeepmineError(
+            f"resume={cfg.resume} continues an Optuna search, which needs -m",
+            "run `deepmine train -m hparams_search=<name> resume=true`",
+        )
+    job = current_job()
     data_tags = verify_data(cfg)
     store = connect_store(cfg)
     if cfg.get("print_config"):
         _print_config(cfg)
 
+    from deepmine import distributed
     from deepmine.build import build
     from deepmine.seeding import seed_everything
 
     seed_everything(seed, deterministic=bool(cfg.trainer.get("deterministic")))
-    parts = build(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    if store is None:
-        result = _fit_and_test(cfg, parts, output_dir)
-        _print_summary(result, None, None)
-        return result["objective"]
+    # Optuna's pruning hook broadcasts its decision from rank 0; the ranks deepmine starts
+    # build their parts from the config alone, so searches over DDP runs do not prune.
+    pruning = job.callbacks() if job and not distributed.is_ddp(cfg) else []
+    pruned_errors = job.pruned_errors() if pruning else ()
+    with distributed.ranks(cfg, output_dir):
+        parts = build(cfg, extra_callbacks=pruning)
+        if store is None:
+            result = _fit_and_test(cfg, parts, output_dir)
+            _print_summary(result, None, None)
+            return result["objective"]
+        return _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors)
 
+
+def _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors) -> float | None:
+    """Fit and test inside an MLflow run that is closed FINISHED, FAILED or KILLED."""
     from deepmine.lineage import git_state, start_pip_freeze
     from deepmine.tracking.run import recorded_run
 
+    output_dir = Path(cfg.paths.output_dir)
     pip_freeze = start_pip_freeze()
     git = git_state(Path(cfg.paths.root_dir))
     tags = _start_tags(cfg, overrides, seed, data_tags, git)
-    run_name = cfg.logger.run_name or _run_name(hydra_cfg, overrides)
+    if job:
+        tags.update(job.tags())
+    run_name = cfg.logger.run_name or _run_name(HydraConfig.get(), overrides)
     run = None
+    pruned = None
     try:
         with (
             interrupts.installed(),
             recorded_run(store, cfg.experiment_name, run_name, tags) as run,
         ):
             _record_start(run, cfg, output_dir, git)
+            if job:
+                run.log_params(job.params())
             parts.trainer.loggers = [run.lightning_logger()]
-            result = _fit_and_test(cfg, parts, output_dir)
-            _record_end(run, cfg, parts, result, output_dir, pip_freeze)
+            try:
+                result = _fit_and_test(cfg, parts, output_dir)
+            except pruned_errors as exc:
+                pruned = exc
+                _record_pruned(run, parts, exc, output_dir)
+            else:
+                _record_end(run, cfg, parts, result, output_dir, pip_freeze)
     except DeepmineError:
         raise
     except Exception as exc:
@@ -85,6 +123,13 @@ def train(cfg: DictConfig) -> float | None:
             f"run {run.run_id} FAILED: {type(exc).__name__}: {first_line(exc)}",
             "see the traceback in the run's artifact error/traceback.txt",
         ) from exc
+    finally:
+        if pip_freeze.poll() is None:  # the run ended before its environment was recorded
+            pip_freeze.kill()
+            pip_freeze.wait()
+    if pruned is not None:
+        print(f"pruned        {first_line(pruned)} (run {run.run_id})", flush=True)
+        raise pruned
     _print_summary(result, run, store)
     return result["objective"]
 
@@ -135,30 +180,19 @@ def _run_name(hydra_cfg, overrides: list[str]) -> str:
 
 
 def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict, git) -> dict:
-    from deepmine.lineage import host, package_versions
+    from deepmine.lineage import source_tags
 
     command = " ".join(["deepmine", HydraConfig.get().job.config_name, *overrides])
-    tags = {
+    return {
+        **source_tags(git),
         "mlflow.source.name": "deepmine train",
-        "mlflow.source.type": "LOCAL",
-        "mlflow.user": getpass.getuser(),
         "deepmine.command": command,
-        "deepmine.argv": " ".join(sys.argv),
         "deepmine.overrides": " ".join(overrides),
         "deepmine.seed": str(seed),
         "deepmine.output_dir": str(cfg.paths.output_dir),
-        "deepmine.git.commit": git.commit or "unknown",
-        "deepmine.git.dirty": "unknown" if git.dirty is None else str(git.dirty).lower(),
         **data_tags,
-        **{f"deepmine.host.{k}": v for k, v in host().items()},
-        **{f"deepmine.version.{k}": v for k, v in package_versions().items()},
         **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
     }
-    if git.commit:
-        tags["mlflow.source.git.commit"] = git.commit
-    if git.branch:
-        tags["mlflow.source.git.branch"] = git.branch
-    return tags
 
 
 def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
@@ -249,6 +283,20 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
     run.log_json(_summary(cfg, result), "metrics.json")
     freeze, _ = pip_freeze.communicate(timeout=120)
     run.log_text(freeze, "environment/pip-freeze.txt")
+
+
+def _record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
+    """A pruned trial ends FINISHED (pruning is the search working), tagged as pruned, with the
+    learning curves up to where it stopped; it is not tested."""
+    from deepmine.plots import learning_curves_png
+
+    run.set_tags({"deepmine.sweep.pruned": "true", "deepmine.status_reason": first_line(exc)})
+    plots = output_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    history = parts.trainer.loggers[0].history
+    run.log_file(
+        learning_curves_png(history, plots / "learning_curves.png", run.run_id[:8]), "plots"
+    )
 
 
 def _print_config(cfg: DictConfig) -> None:

@@ -4,6 +4,10 @@ Why not `DataLoader(TensorDataset)`: it fetches samples one by one and collates 
 which costs more than the forward pass of a small net. Here an epoch is one `randperm` and each
 batch one advanced-indexing gather. Shuffling is seeded per epoch (`seed + epoch`), so the order
 of batches is a pure function of the seed and the epoch number.
+
+Under DDP each rank takes every `world_size`-th sample of that order, starting at its rank:
+training shards are cut to equal length (ranks must run the same number of steps), evaluation
+shards keep every sample once, so metrics synced across ranks cover the whole split.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ class TensorBatches:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_shards: bool = False,
     ):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
@@ -35,10 +42,19 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
         self.epoch = 0
 
+    def _shard_size(self) -> int:
+        n, w = len(self.x), self.world_size
+        if w == 1:
+            return n
+        return n // w if self.equal_shards else len(range(self.rank, n, w))
+
     def __len__(self) -> int:
-        n, b = len(self.x), self.batch_size
+        n, b = self._shard_size(), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def order(self, epoch: int) -> torch.Tensor | None:
@@ -48,10 +64,19 @@ class TensorBatches:
         generator = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(len(self.x), generator=generator)
 
+    def indices(self, epoch: int) -> torch.Tensor | None:
+        """This rank's sample indices for `epoch` (None: all samples in storage order)."""
+        order = self.order(epoch)
+        if self.world_size == 1:
+            return order
+        if order is None:
+            order = torch.arange(len(self.x))
+        return order[self.rank :: self.world_size][: self._shard_size()]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order(self.epoch)
+        order = self.indices(self.epoch)
         self.epoch += 1
-        stop = len(self) * self.batch_size
+        stop = min(len(self) * self.batch_size, self._shard_size())
         for start in range(0, stop, self.batch_size):
             if order is None:
                 yield (

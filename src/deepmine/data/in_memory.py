@@ -121,7 +121,18 @@ class InMemoryDataModule(pl.LightningDataModule):
         if not self.tensors:
             self.setup()
         x, y = self.tensors[split]
-        return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=self.shuffle_seed)
+        trainer = self.trainer  # None outside a Trainer (tests, eval helpers)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return TensorBatches(
+            x,
+            y,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.shuffle_seed,
+            rank=rank,
+            world_size=world,
+            equal_shards=split == "train",
+        )
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches("train", self.batch_size, shuffle=True)

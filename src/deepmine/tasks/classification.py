@@ -65,9 +65,11 @@ class ClassificationTask(pl.LightningModule):
         if stage == "train":
             # `train/loss` every log_every_n_steps; its epoch mean as `train/loss_epoch`
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True)
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)
         else:
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(
+                f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True
+            )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
@@ -85,7 +87,7 @@ class ClassificationTask(pl.LightningModule):
         x, y = batch
         logits = self(x)
         self.test_confmat.update(logits, y)
-        self.log("test/loss", self.loss_fn(logits, y), on_epoch=True)
+        self.log("test/loss", self.loss_fn(logits, y), on_epoch=True, sync_dist=True)
         self.test_metrics.update(logits, y)
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 

@@ -29,6 +29,13 @@ class RecordedRun:
         self.run_id = run_id
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id
+        self.end_status = "FINISHED"
+
+    def fail(self, reason: str) -> None:
+        """Close the run FAILED when its block ends, without an exception (a sweep whose jobs
+        failed has itself run to the end)."""
+        self.end_status = "FAILED"
+        self.set_tags({"deepmine.status_reason": "FAILED", "deepmine.error": reason})
 
     def ui_path(self) -> str:
         """The run's page in the MLflow UI, in its model-training view."""
@@ -66,12 +73,23 @@ class RecordedRun:
 
 @contextlib.contextmanager
 def recorded_run(
-    store: Store, experiment_name: str, run_name: str, tags: dict[str, str]
+    store: Store,
+    experiment_name: str,
+    run_name: str,
+    tags: dict[str, str],
+    reopen_run_id: str | None = None,
 ) -> Iterator[RecordedRun]:
-    """Open a run, yield it, and always close it with FINISHED, FAILED or KILLED."""
+    """Open a run, yield it, and always close it with FINISHED, FAILED or KILLED.
+
+    `reopen_run_id` continues an existing run of the experiment instead (a resumed sweep): it is
+    set back to RUNNING, its tags updated, and closed the same way.
+    """
     experiment_id = store.experiment_id(experiment_name)
-    info = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info
-    run = RecordedRun(store, info.run_id, experiment_name, experiment_id)
+    if reopen_run_id:
+        run_id = _reopen(store, reopen_run_id, experiment_id, tags)
+    else:
+        run_id = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    run = RecordedRun(store, run_id, experiment_name, experiment_id)
     try:
         yield run
     except BaseException as exc:
@@ -86,7 +104,31 @@ def recorded_run(
             _record_error(run, exc, status)
         store.client.set_terminated(run.run_id, status)
         raise
-    store.client.set_terminated(run.run_id, "FINISHED")
+    store.client.set_terminated(run.run_id, run.end_status)
+
+
+def _reopen(store: Store, run_id: str, experiment_id: str, tags: dict[str, str]) -> str:
+    from mlflow.exceptions import MlflowException
+
+    from deepmine.errors import DeepmineError
+
+    try:
+        found = store.client.get_run(run_id)
+    except MlflowException:
+        found = None
+    if found is None or found.info.lifecycle_stage == "deleted":
+        raise DeepmineError(
+            f"MLflow run {run_id} is missing or deleted in {store.uri}",
+            "restore it (`mlflow runs restore`) or start a new one",
+        )
+    if found.info.experiment_id != experiment_id:
+        raise DeepmineError(
+            f"MLflow run {run_id} belongs to another experiment ({found.info.experiment_id})",
+            "resume with the experiment_name it was recorded under",
+        )
+    store.client.update_run(run_id, status="RUNNING")
+    RecordedRun(store, run_id, "", experiment_id).set_tags(tags)
+    return run_id
 
 
 def _record_error(run: RecordedRun, exc: BaseException, status: str) -> None:

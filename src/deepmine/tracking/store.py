@@ -104,3 +104,11 @@ def _check_server(uri: str) -> None:
             "start it (`mlflow server --host 127.0.0.1 --port 5000 ...`) or drop "
             "logger.tracking_uri to use the local SQLite store",
         ) from exc
+
+
+def end_fluent_runs() -> None:
+    """End runs left active on MLflow's fluent stack (KILLED: nobody closed them)."""
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status="KILLED")

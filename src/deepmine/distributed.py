@@ -1,0 +1,136 @@
+"""DDP ranks started by deepmine, not by re-executing the command line.
+
+Lightning's default DDP launcher starts ranks 1..N-1 by re-running `sys.argv`. Under Hydra that
+re-runs the whole command: inside a multirun every rank would start the sweep again (and with
+`deepmine train` as the entry point it cannot even find the script). `ddp_spawn` avoids that
+but trains only in spawned children: the Lightning logger's history, the test confusion matrix
+and other state never return to the process that records the run.
+
+So deepmine does what a cluster launcher (torchrun, srun) does: this process is rank 0, and each
+other rank is `python -m deepmine.distributed <resolved config>` with `LOCAL_RANK`, `WORLD_SIZE`,
+`MASTER_ADDR` and `MASTER_PORT` set. Lightning sees the ranks were created externally and
+launches nothing. Ranks > 0 build the same parts from the same resolved config, train and test
+in lockstep and record nothing: rank 0 owns the MLflow run. Where a cluster already started
+the ranks (`LOCAL_RANK` set, e.g. by srun), deepmine starts none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from deepmine.errors import DeepmineError
+
+RANK_ENV = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_ddp(cfg: DictConfig) -> bool:
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, str):
+        return strategy.startswith("ddp") and strategy != "ddp_spawn"
+    target = str(strategy.get("_target_", "")) if strategy else ""
+    return target.endswith(".DDPStrategy")
+
+
+def local_world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.get("devices", 1)
+    return devices if isinstance(devices, int) else len(devices)
+
+
+@contextlib.contextmanager
+def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
+    """Start ranks 1..N-1 for a DDP run and make this process rank 0; yields the world size
+    (1 when there is nothing to start). Ranks are stopped if this one fails."""
+    world = local_world_size(cfg)
+    if not is_ddp(cfg) or world <= 1 or "LOCAL_RANK" in os.environ:
+        yield world
+        return
+    if int(cfg.trainer.get("num_nodes", 1)) != 1:
+        raise DeepmineError(
+            "deepmine starts DDP ranks on one machine only (trainer.num_nodes > 1)",
+            "use launcher=slurm with tasks_per_node=trainer.devices, so srun starts every rank",
+        )
+    folder = output_dir / "ddp"
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    OmegaConf.save(cfg, config_path, resolve=True)
+    common = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(world),
+        "NODE_RANK": "0",
+    }
+    threads = max(1, (os.cpu_count() or 1) // world)
+    started = []
+    for rank in range(1, world):
+        log = (folder / f"rank{rank}.log").open("w")
+        env = {**os.environ, **common, "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
+        command = [sys.executable, "-m", "deepmine.distributed", str(config_path)]
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append((rank, process, log))
+    saved = {k: os.environ.get(k) for k in RANK_ENV}
+    os.environ.update(common, LOCAL_RANK="0")
+    import torch
+
+    torch.set_num_threads(threads)
+    failed = True
+    try:
+        yield world
+        failed = False
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        problems = _stop(started, terminate=failed)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+
+
+def _stop(started, terminate: bool) -> list[str]:
+    problems = []
+    for rank, process, log in started:
+        if terminate:
+            process.terminate()
+        try:
+            code = process.wait(timeout=30 if terminate else 300)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        log.close()
+        if code != 0 and not terminate:
+            problems.append(f"DDP rank {rank} exited with code {code} (log: {log.name})")
+    return problems
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_rank(config_path: str) -> None:
+    """Rank > 0: same seed, same parts, same fit and test as rank 0; no logger, no records."""
+    from deepmine.build import build
+    from deepmine.config import register_resolvers
+    from deepmine.seeding import seed_everything
+
+    register_resolvers()
+    cfg = OmegaConf.load(config_path)
+    seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
+    parts = build(cfg)
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
+    best = getattr(parts.trainer.checkpoint_callback, "best_model_path", "") or None
+    parts.trainer.test(parts.task, datamodule=parts.datamodule, ckpt_path=best, verbose=False)
+
+
+if __name__ == "__main__":
+    run_rank(sys.argv[1])

@@ -1,0 +1,255 @@
+"""An Optuna search run by deepmine's Hydra sweeper, with a persistent, resumable study.
+
+Why not the PyPI `hydra-optuna-sweeper`: it pins `optuna<3`, and its RDB storage breaks with
+SQLAlchemy 2, which MLflow needs, so its studies cannot be stored or resumed next to MLflow.
+This one uses Optuna's ask-and-tell API with current Optuna:
+
+- the search space is Hydra sweep syntax (`deepmine.sweeps.space`), from `hydra.sweeper.params`
+  plus any sweep overrides on the command line;
+- each batch of `n_jobs` trials is asked from the study and handed to the configured launcher
+  (basic, joblib, submitit) as ordinary Hydra jobs, whose job number is the trial number;
+- jobs report intermediate values through Optuna's Lightning pruning callback into the same
+  storage, so hopeless trials stop early (`deepmine.sweeps.job`);
+- the study lives in a persistent storage (SQLite beside the sweeps by default); `resume=true`
+  (or `resume=<study name>`) continues it, in the same sweep folder and the same MLflow parent
+  run. Trials cut short by Ctrl-C, SIGTERM or a crash are marked FAIL with the user attribute
+  `interrupted` and queued again, so a resumed search redoes exactly those.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from deepmine.errors import DeepmineError
+from deepmine.sweeps.record import SweepFailed, SweepInfo, SweepRecord, failure_line
+from deepmine.sweeps.space import parse
+from deepmine.sweeps.summary import JobRow
+
+INTERRUPTED = "interrupted"
+DIRECTIONS = ("maximize", "minimize")
+
+
+def run_search(sweeper, arguments: list[str]) -> list:
+    import optuna
+    from hydra.utils import instantiate
+
+    config, settings = sweeper.config, sweeper.settings
+    lines = [f"{k}={v}" for k, v in (settings.get("params") or {}).items()]
+    space = parse([*lines, *arguments])
+    if not space.distributions:
+        raise DeepmineError(
+            "the Optuna search space is empty",
+            "give ranges in hydra.sweeper.params or as sweep overrides, e.g. "
+            "'optimizer.lr=tag(log, interval(1e-4, 1e-2))'",
+        )
+    direction = settings.direction
+    if direction not in DIRECTIONS:
+        raise DeepmineError(
+            f"hydra.sweeper.direction={direction} is not one of {', '.join(DIRECTIONS)}",
+            "use maximize or minimize",
+        )
+    study_name, resume = _study_name(settings.study_name, config.get("resume"))
+    storage = _storage(settings.storage)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    if resume and study_name not in existing:
+        known = ", ".join(sorted(existing)) or "none"
+        raise DeepmineError(
+            f"no Optuna study '{study_name}' to resume in {settings.storage} (studies: {known})",
+            "check the name, or drop resume to start a new search",
+        )
+    if not resume and study_name in existing:
+        raise DeepmineError(
+            f"Optuna study '{study_name}' already exists in {settings.storage} "
+            f"({existing[study_name].n_trials} trials)",
+            "pass resume=true to continue it, or hydra.sweeper.study_name=<new name> to start "
+            "another",
+        )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=instantiate(settings.sampler) if settings.get("sampler") else None,
+        pruner=instantiate(settings.pruner)
+        if settings.get("pruner")
+        else optuna.pruners.NopPruner(),
+        direction=direction,
+        load_if_exists=resume,
+    )
+    attrs = study.user_attrs
+    if resume and attrs.get("deepmine.direction", direction) != direction:
+        raise DeepmineError(
+            f"study '{study_name}' was created to {attrs['deepmine.direction']}",
+            f"resume it with hydra.sweeper.direction={attrs['deepmine.direction']}",
+        )
+    _requeue_interrupted(study)
+
+    sweep_dir = Path(attrs.get("deepmine.sweep_dir") or config.hydra.sweep.dir)
+    info = SweepInfo(
+        sweep_id=study_name,
+        kind="optuna",
+        sweep_dir=str(sweep_dir),
+        swept=list(space.distributions),
+        study={
+            "storage": settings.storage,
+            "study_name": study_name,
+            "pruning_metric": settings.get("pruning_metric") if settings.get("pruner") else None,
+            "direction": direction,
+        },
+    )
+    record = SweepRecord(config, info, [*lines, *arguments])
+    pinned = [f"hydra.sweep.dir={sweep_dir}"]  # a resumed search keeps its folder
+    _pin_sweep_dir(config, sweep_dir)
+    returns = []
+    with record.opened(reopen_run_id=attrs.get("deepmine.parent_run_id") if resume else None):
+        study.set_user_attr("deepmine.sweep_dir", str(sweep_dir))
+        study.set_user_attr("deepmine.direction", direction)
+        if record.parent is not None:
+            study.set_user_attr("deepmine.parent_run_id", record.parent.run_id)
+        remaining = int(settings.n_trials) - _finished(study)
+        while remaining > 0:
+            trials = [
+                study.ask(space.distributions) for _ in range(min(settings.n_jobs, remaining))
+            ]
+            for group in _consecutive(trials):
+                jobs = [[*space.overrides(t.params), *pinned] for t in group]
+                try:
+                    results = sweeper.launcher.launch(jobs, initial_job_idx=group[0].number)
+                except BaseException:
+                    _interrupt(study, [t for t in trials if _is_running(study, t.number)])
+                    raise
+                returns.append(results)
+                for trial, result in zip(group, results, strict=True):
+                    _tell(study, trial, result)
+            remaining -= len(trials)
+        rows = _rows(record, study)
+        summary = record.finish(rows, config.get("optimized_metric"), direction)
+        print(f"optuna study   {study_name} in {settings.storage}", flush=True)
+    if summary.failed:
+        raise SweepFailed(
+            failure_line(summary), f"see {Path(info.sweep_dir) / 'summary' / 'trials.md'}"
+        )
+    return returns
+
+
+def _study_name(configured: str, resume) -> tuple[str, bool]:
+    """`resume=true` continues the configured study; `resume=<name>` that study."""
+    if resume in (None, False):
+        return configured, False
+    if resume is True:
+        return configured, True
+    return str(resume), True
+
+
+def _storage(url: str):
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url) if "://" in url else optuna.storages.get_storage(url)
+
+
+def _pin_sweep_dir(config, sweep_dir: Path) -> None:
+    """Point the launcher's own folder at the (possibly resumed) sweep folder too."""
+    from omegaconf import open_dict, read_write
+
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.sweep.dir = str(sweep_dir)
+
+
+def _finished(study) -> int:
+    """Trials that count towards n_trials: everything done, except interrupted ones."""
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=done)
+        if not t.user_attrs.get(INTERRUPTED)
+    )
+
+
+def _is_running(study, number: int) -> bool:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING
+
+
+def _interrupt(study, trials) -> None:
+    """Mark trials cut short as FAIL/interrupted and queue their params again."""
+    from optuna.trial import Trial, TrialState
+
+    for trial in trials:
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        Trial(study, frozen._trial_id).set_user_attr(INTERRUPTED, True)
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(frozen.params, user_attrs={"deepmine.retry_of": trial.number})
+
+
+def _requeue_interrupted(study) -> None:
+    """Trials left RUNNING by a process that died (SIGKILL, crash) are interrupted ones."""
+    from optuna.trial import TrialState
+
+    _interrupt(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _consecutive(trials) -> list[list]:
+    """Split asked trials into runs of consecutive numbers (job number == trial number)."""
+    groups: list[list] = []
+    for trial in trials:
+        if groups and trial.number == groups[-1][-1].number + 1:
+            groups[-1].append(trial)
+        else:
+            groups.append([trial])
+    return groups
+
+
+def _tell(study, trial, result) -> None:
+    from hydra.core.utils import JobStatus
+    from optuna import TrialPruned
+    from optuna.trial import TrialState
+
+    outcome = result._return_value  # see deepmine.sweeps.grid.job_rows
+    if result.status == JobStatus.COMPLETED:
+        if isinstance(outcome, int | float) and math.isfinite(outcome):
+            study.tell(trial, float(outcome))
+        else:
+            trial.set_user_attr("error", f"the job returned {outcome!r}, not a number")
+            study.tell(trial, state=TrialState.FAIL)
+    elif isinstance(outcome, TrialPruned):
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        from deepmine.sweeps.record import _error_line
+
+        trial.set_user_attr("error", _error_line(outcome))
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def _rows(record: SweepRecord, study) -> list[JobRow]:
+    """One row per trial of the study (resumed ones included), joined with the child runs."""
+    from optuna.trial import TrialState
+
+    children = record.children()
+    states = {
+        TrialState.COMPLETE: "FINISHED",
+        TrialState.PRUNED: "PRUNED",
+        TrialState.FAIL: "FAILED",
+        TrialState.RUNNING: "RUNNING",
+    }
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.WAITING:
+            continue
+        child = children.get(trial.number)
+        status = states.get(trial.state, trial.state.name)
+        if trial.user_attrs.get(INTERRUPTED):
+            status = "INTERRUPTED"
+        run_id = child.run_id if child else ""
+        error = trial.user_attrs.get("error", "") or (child.error if child else "")
+        if status == "FAILED" and not child:
+            run_id = record.record_job_failure(trial.number, trial.params, DeepmineError(error))
+        if child and record.parent is not None:
+            from deepmine.tracking.sweep import set_tags
+
+            set_tags(record.store, child.run_id, {"deepmine.optuna.state": trial.state.name})
+        rows.append(JobRow(trial.number, status, trial.value, dict(trial.params), run_id, error))
+    return rows

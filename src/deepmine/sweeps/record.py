@@ -1,0 +1,233 @@
+"""The sweeper's side of a recorded sweep: the parent run, the note jobs read, the summary.
+
+Before any job starts, the sweeper (one process) connects to the store, which creates and
+migrates a fresh SQLite DB and the experiment exactly once (parallel jobs racing to migrate a new
+DB is a known MLflow failure), opens the parent run and writes `deepmine-sweep.json` into the
+sweep folder. Each job, in whatever process or machine the launcher puts it, reads that file to
+open its run as a child of the parent (see `deepmine.sweeps.job`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from deepmine.errors import DeepmineError, first_line
+from deepmine.sweeps.summary import JobRow, Summary
+
+SWEEP_FILE = "deepmine-sweep.json"
+
+
+class SweepFailed(DeepmineError):
+    """Some jobs of a sweep failed; the others ran and everything is recorded."""
+
+    exit_code = 1
+
+
+@dataclass
+class SweepInfo:
+    """What a job needs to know about the sweep it belongs to."""
+
+    sweep_id: str
+    kind: str  # grid | optuna
+    sweep_dir: str
+    swept: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    study: dict | None = None  # optuna: storage, study_name, pruning_metric
+
+    def save(self) -> None:
+        path = Path(self.sweep_dir) / SWEEP_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(partial, path)  # a job never reads half a file
+
+    @classmethod
+    def load(cls, sweep_dir: str | Path) -> SweepInfo | None:
+        path = Path(sweep_dir) / SWEEP_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def task_config(config: DictConfig) -> dict:
+    """The sweep's base config as plain data: everything but the `hydra` node, resolved, with
+    the per-job output folder replaced by the sweep folder."""
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    OmegaConf.set_readonly(task, False)
+    with contextlib.suppress(Exception):
+        task.paths.output_dir = config.hydra.sweep.dir
+    return OmegaConf.to_container(task, resolve=True)
+
+
+class SweepRecord:
+    """Opens the parent run, lets the sweeper launch, and closes it with the summary."""
+
+    def __init__(self, config: DictConfig, info: SweepInfo, space: list[str]):
+        self.config = config
+        self.info = info
+        self.space = space
+        self.store = None
+        self.parent = None
+
+    @contextlib.contextmanager
+    def opened(self, reopen_run_id: str | None = None) -> Iterator[SweepRecord]:
+        """The parent run is open for the block (no run at all with `logger=none`); it is
+        closed FINISHED, FAILED (jobs failed) or KILLED (Ctrl-C/SIGTERM)."""
+        from deepmine import interrupts
+
+        logger = self.config.get("logger")
+        Path(self.info.sweep_dir).mkdir(parents=True, exist_ok=True)
+        if not logger:
+            self.info.save()
+            with interrupts.installed():
+                yield self
+            return
+        from deepmine.tracking.run import recorded_run
+        from deepmine.train import connect_store
+
+        self.store = connect_store(self.config)
+        experiment = self.config.experiment_name
+        with (
+            interrupts.installed(),
+            recorded_run(
+                self.store, experiment, self.info.sweep_id, self._tags(), reopen_run_id
+            ) as parent,
+        ):
+            self.parent = parent
+            self.info.parent_run_id = parent.run_id
+            self.info.tracking_uri = self.store.uri
+            self.info.experiment_name = experiment
+            self.info.save()
+            if not reopen_run_id:
+                parent.log_params(task_config(self.config))
+                parent.log_params(
+                    {f"sweep.space.{line.split('=')[0]}": line for line in self.space}
+                )
+                parent.log_text("\n".join(self.space) + "\n", "sweep/space.txt")
+                parent.log_text(OmegaConf.to_yaml(self.config), "sweep/multirun.yaml")
+            try:
+                yield self
+            except BaseException:
+                self._close_orphans()
+                raise
+
+    def _tags(self) -> dict[str, str]:
+        from deepmine.lineage import git_state, source_tags
+
+        git = git_state(Path(self.config.paths.root_dir))
+        command = " ".join(["deepmine", "train", *sys.argv[1:]])
+        return {
+            **source_tags(git),
+            "mlflow.source.name": "deepmine train -m",
+            "deepmine.command": command,
+            "deepmine.sweep.id": self.info.sweep_id,
+            "deepmine.sweep.kind": self.info.kind,
+            "deepmine.sweep.dir": self.info.sweep_dir,
+            "deepmine.sweep.space": " ".join(self.space),
+            "deepmine.sweep.launcher": str(self.config.hydra.launcher.get("_target_", "")),
+        }
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def children(self) -> dict:
+        if self.parent is None:
+            return {}
+        from deepmine.tracking.sweep import child_runs
+
+        return child_runs(self.store, self.parent.experiment_id, self.parent.run_id)
+
+    def record_job_failure(self, job: int, params: dict, exc: BaseException | None) -> str:
+        """A FAILED child for a job that returned an error without having opened a run."""
+        if self.parent is None:
+            return ""
+        from deepmine.tracking.sweep import JOB_TAG, PARENT_TAG, SWEEP_ID_TAG, record_failed_job
+
+        error = _error_line(exc)
+        text = "".join(traceback.format_exception(exc)) if exc else error
+        tags = {
+            PARENT_TAG: self.parent.run_id,
+            SWEEP_ID_TAG: self.info.sweep_id,
+            JOB_TAG: str(job),
+            "deepmine.sweep.kind": self.info.kind,
+        }
+        return record_failed_job(
+            self.store,
+            self.parent.experiment_id,
+            f"{self.info.sweep_id}-job{job}",
+            tags,
+            {f"sweep.{k}": str(v) for k, v in params.items()},
+            error,
+            text,
+        )
+
+    def _close_orphans(self) -> None:
+        """After Ctrl-C, children still RUNNING in a launcher that died with this process
+        (in-process or joblib workers) are closed KILLED; cluster jobs keep running."""
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        if self.parent is None or not ("basic" in target.lower() or "joblib" in target.lower()):
+            return
+        from deepmine.tracking.sweep import set_tags
+
+        with contextlib.suppress(Exception):
+            for child in self.children().values():
+                if child.status == "RUNNING":
+                    set_tags(self.store, child.run_id, {"deepmine.status_reason": "KILLED"})
+                    self.store.client.set_terminated(child.run_id, "KILLED")
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def finish(self, rows: list[JobRow], objective_name: str, direction: str) -> Summary:
+        """Write the summary beside the sweep and into the parent run; mark the parent FAILED
+        when jobs failed. The caller raises `SweepFailed` after the parent is closed."""
+        summary = Summary(rows, objective_name or "objective", direction)
+        folder = Path(self.info.sweep_dir) / "summary"
+        files = summary.write(folder)
+        if self.parent is not None:
+            for path in files:
+                self.parent.log_file(path, "summary")
+            best = summary.best
+            tags = {
+                "deepmine.sweep.jobs": str(len(rows)),
+                "deepmine.sweep.failed_jobs": str(len(summary.failed)),
+                "mlflow.note.content": f"Sweep `{self.info.sweep_id}`\n\n{summary.markdown()}",
+            }
+            if best:
+                tags["deepmine.sweep.best_run_id"] = best.run_id
+                tags["deepmine.sweep.best_job"] = str(best.job)
+                tags.update({f"deepmine.sweep.best.{k}": str(v) for k, v in best.params.items()})
+                self.store.client.log_metric(
+                    self.parent.run_id, f"best/{objective_name}", best.objective, step=len(rows)
+                )
+            self.parent.set_tags(tags)
+            if summary.failed:
+                self.parent.fail(failure_line(summary))
+        print(f"sweep summary  {folder / 'trials.md'}", flush=True)
+        if self.parent is not None:
+            print(f"parent run     {self.parent.run_id}", flush=True)
+        return summary
+
+
+def failure_line(summary: Summary) -> str:
+    failed = summary.failed
+    first = failed[0]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return f"{len(failed)} of {len(summary.rows)} jobs failed; job {first.job}: {first.error}{more}"
+
+
+def _error_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "the job returned no result"
+    return (
+        first_line(exc)
+        if isinstance(exc, DeepmineError)
+        else f"{type(exc).__name__}: {first_line(exc)}"
+    )

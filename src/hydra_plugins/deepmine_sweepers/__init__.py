@@ -1,0 +1,1 @@
+"""deepmine's Hydra sweepers (`hydra/sweeper=grid`, `hydra/sweeper=optuna` in conf/)."""
