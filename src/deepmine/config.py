@@ -115,7 +115,7 @@ def check_override_types(cfg: DictConfig, config_name: str, overrides: list[str]
             continue
         expected = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
         actual = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        problem = _type_mismatch(expected, actual)
+        problem = _type_mismatch(expected, actual, key)
         if problem:
             raise DeepmineError(
                 f"{key}={override.value()!r} is not valid: {problem}",
@@ -123,9 +123,25 @@ def check_override_types(cfg: DictConfig, config_name: str, overrides: list[str]
             )
 
 
-def _type_mismatch(expected: object, actual: object) -> str | None:
+# Keys where a count (int) and a fraction (float) are both valid: Lightning's limit_*_batches,
+# val_check_interval and overfit_batches, and a data split's size.
+_COUNT_OR_FRACTION = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+    "val_check_interval",
+    "overfit_batches",
+    "val_size",
+)
+
+
+def _type_mismatch(expected: object, actual: object, key: str = "") -> str | None:
     if expected is None or actual is None:
         return None
+    if key.rsplit(".", 1)[-1] in _COUNT_OR_FRACTION and not isinstance(expected, bool):
+        ok = isinstance(actual, int | float) and not isinstance(actual, bool)
+        return None if ok else "expected a count or a fraction"
     if isinstance(expected, bool):
         return None if isinstance(actual, bool) else "expected true or false"
     if isinstance(expected, int):

@@ -127,6 +127,11 @@ def run_rank(config_path: str) -> None:
     cfg = OmegaConf.load(config_path)
     seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
     parts = build(cfg)
+    from lightning.pytorch.loggers.logger import DummyLogger
+
+    # Rank 0 records; the others still need a logger for callbacks that insist on one
+    # (LearningRateMonitor), and Lightning's DummyLogger discards everything.
+    parts.trainer.loggers = [DummyLogger()]
     parts.trainer.fit(parts.task, datamodule=parts.datamodule)
     best = getattr(parts.trainer.checkpoint_callback, "best_model_path", "") or None
     parts.trainer.test(parts.task, datamodule=parts.datamodule, ckpt_path=best, verbose=False)

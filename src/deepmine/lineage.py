@@ -6,6 +6,7 @@ Plain data, no MLflow: `train.py` hands it to the tracking package as tags and a
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -71,6 +72,8 @@ def host() -> dict[str, str]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
+        # which process ran it: sweep jobs in reused worker processes share a pid
+        "pid": str(os.getpid()),
     }
 
 
