@@ -98,3 +98,17 @@ def test_eval_unknown_run_id(sandbox):
     proc = run_cli("eval", *sandbox.overrides("run_id=0123456789abcdef"), cwd=sandbox.cwd)
     assert proc.returncode == 2
     assert "no MLflow run '0123456789abcdef'" in one_line_error(proc)
+
+
+def test_resume_outside_a_search_is_refused(sandbox):
+    proc = sandbox.train("data=digits", "resume=true")
+    assert_refused(sandbox, proc, "resume=True continues an Optuna search", "-m hparams_search=")
+
+
+def test_a_sweep_with_an_unknown_option_starts_no_job(sandbox):
+    from conftest import run_cli
+
+    args = sandbox.overrides("data=digits", "debug=fast", "net=seed_mlp,cnnn")
+    proc = run_cli("train", "-m", *args, cwd=sandbox.cwd)
+    assert_refused(sandbox, proc, "unknown option 'cnnn' for config group 'net'")
+    assert not list(sandbox.logs.glob("train/multiruns/*/*/0"))

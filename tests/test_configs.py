@@ -40,9 +40,79 @@ def test_groups_have_the_documented_options():
     assert options("net") == ["cnn", "mlp", "seed_mlp"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step"]
-    assert options("trainer") == ["cpu", "default", "gpu"]
+    assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
     assert options("logger") == ["mlflow", "none"]
     assert options("debug") == ["fast"]
+    assert options("launcher") == ["joblib", "slurm", "submitit_local"]
+    assert options("hparams_search") == ["fashion_mnist_optuna", "grid"]
+    assert options("hydra/sweeper") == ["grid", "optuna"]
+
+
+def compose_hydra(tmp_path: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        (None, "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ],
+)
+def test_launcher_options_pick_the_hydra_launcher(tmp_path, launcher, target):
+    overrides = [f"launcher={launcher}"] if launcher else []
+    cfg = compose_hydra(tmp_path, *overrides)
+    assert cfg.hydra.launcher._target_ == target
+    assert cfg.hydra.sweeper._target_.endswith("deepmine_sweepers.sweepers.GridSweeper")
+    if launcher == "joblib":
+        assert cfg.hydra.launcher.n_jobs == 2
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition is None
+
+
+def test_optuna_search_config_is_a_valid_search(tmp_path):
+    import optuna
+
+    from deepmine.sweeps.space import parse
+
+    cfg = compose_hydra(tmp_path, "hparams_search=fashion_mnist_optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("deepmine_sweepers.sweepers.OptunaSweeper")
+    assert sweeper.study_name == "fashion_mnist_optuna" and sweeper.direction == "maximize"
+    assert sweeper.storage.startswith("sqlite:////") and sweeper.storage.endswith("optuna.db")
+    space = parse([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert set(space.distributions) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "net.hidden_sizes",
+        "net.dropout",
+        "data.batch_size",
+    }
+    assert isinstance(instantiate(sweeper.sampler), optuna.samplers.TPESampler)
+    assert isinstance(instantiate(sweeper.pruner), optuna.pruners.MedianPruner)
+    # every point of the space composes into a buildable run
+    for choice in space.distributions["net.hidden_sizes"].choices:
+        run = compose_cfg(
+            tmp_path, "hparams_search=fashion_mnist_optuna", f"net.hidden_sizes={choice}"
+        )
+        assert run.net._target_.endswith("MLP") and run.optimizer._target_.endswith("AdamW")
+        build_task(run)
+
+
+def test_ddp_trainer_is_two_gloo_cpu_processes(tmp_path):
+    from deepmine.distributed import is_ddp, local_world_size
+
+    cfg = compose_cfg(tmp_path, "trainer=ddp")
+    assert is_ddp(cfg) and local_world_size(cfg) == 2
+    strategy = instantiate(cfg.trainer.strategy)
+    assert strategy.__class__.__name__ == "DDPStrategy"
+    assert strategy._process_group_backend == "gloo"
+    assert strategy._timeout.total_seconds() == 300
+    assert not is_ddp(compose_cfg(tmp_path))
 
 
 @pytest.mark.parametrize("data", options("data"))
@@ -148,10 +218,18 @@ def test_gpu_trainer_requests_a_gpu(tmp_path):
 def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
     cfg = compose_cfg(tmp_path)
     names = {type(c).__name__ for c in build_callbacks(cfg)}
-    assert names == {"ModelCheckpoint", "EarlyStopping", "RichProgressBar", "LearningRateMonitor"}
+    assert names == {
+        "ModelCheckpoint",
+        "EarlyStopping",
+        "RichProgressBar",
+        "LearningRateMonitor",
+        "StopOnNonFiniteLoss",
+    }
     for key in cfg.callbacks:
         left = build_callbacks(compose_cfg(tmp_path, f"callbacks.{key}=null"))
-        assert len(left) == 3
+        assert len(left) == len(names) - 1
+    finite = instantiate(cfg.callbacks.finite_loss)
+    assert finite.check_every_n_steps == cfg.trainer.log_every_n_steps
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
     assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/acc"
 

@@ -50,12 +50,15 @@ class SweepJob:
         if not study or not study.get("pruning_metric"):
             return []
         import optuna
+        from hydra.utils import instantiate
         from optuna_integration import PyTorchLightningPruningCallback
 
         storage = optuna.storages.get_storage(study["storage"])
         study_id = storage.get_study_id_from_name(study["study_name"])
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.num)
-        loaded = optuna.load_study(study_name=study["study_name"], storage=storage)
+        # Optuna's storage keeps no pruner, and `should_prune` asks the study's own pruner
+        pruner = instantiate(study["pruner"])
+        loaded = optuna.load_study(study_name=study["study_name"], storage=storage, pruner=pruner)
         trial = optuna.trial.Trial(loaded, trial_id)
         return [PyTorchLightningPruningCallback(trial, monitor=study["pruning_metric"])]
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from deepmine.errors import DeepmineError
 from deepmine.sweeps.record import SweepFailed, SweepInfo, SweepRecord, failure_line
 from deepmine.sweeps.space import parse
@@ -93,6 +95,8 @@ def run_search(sweeper, arguments: list[str]) -> list:
             "storage": settings.storage,
             "study_name": study_name,
             "pruning_metric": settings.get("pruning_metric") if settings.get("pruner") else None,
+            # the storage keeps no pruner: each job builds the same one to decide
+            "pruner": OmegaConf.to_container(settings.pruner) if settings.get("pruner") else None,
             "direction": direction,
         },
     )

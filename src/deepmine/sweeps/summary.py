@@ -86,18 +86,22 @@ class Summary:
         files.extend(self._plots(folder))
         return files
 
-    def _table(self) -> tuple[list[str], list[list[str]]]:
+    def _table(self, exact: bool) -> tuple[list[str], list[list[str]]]:
+        """Header and rows; `exact` keeps every digit of the objective (CSV), else 6 (Markdown)."""
         params = self.param_names
         header = ["job", "status", self.objective_name, *params, "run_id", "error"]
         body = []
         for row in sorted(self.rows, key=lambda r: r.job):
-            value = "" if row.objective is None else f"{row.objective:.6g}"
+            if row.objective is None:
+                value = ""
+            else:
+                value = repr(float(row.objective)) if exact else f"{row.objective:.6g}"
             cells = [str(row.params.get(p, "")) for p in params]
             body.append([str(row.job), row.status, value, *cells, row.run_id, row.error])
         return header, body
 
     def _csv(self, path: Path) -> Path:
-        header, body = self._table()
+        header, body = self._table(exact=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
@@ -105,7 +109,7 @@ class Summary:
         return path
 
     def markdown(self) -> str:
-        header, body = self._table()
+        header, body = self._table(exact=False)
 
         def line(cells):
             return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"

@@ -1,0 +1,263 @@
+"""Sweeps end to end: real Hydra multiruns in subprocesses, a real SQLite MLflow store, real
+Optuna studies, real joblib and submitit launchers, real DDP ranks (gloo on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from conftest import deepmine_env, one_line_error, run_cli
+
+FAST = ("data=digits", "debug=fast")
+PARENT = "mlflow.parentRunId"
+
+
+def multirun(sandbox, *overrides: str, timeout: float = 300):
+    return run_cli(
+        "train", "-m", *sandbox.overrides(*FAST, *overrides), cwd=sandbox.cwd, timeout=timeout
+    )
+
+
+def split(runs):
+    parents = [r for r in runs if PARENT not in r.data.tags]
+    children = [r for r in runs if PARENT in r.data.tags]
+    return parents, children
+
+
+def summary_rows(sandbox, parent) -> list[dict]:
+    folder = sandbox.path / "artifacts" / parent.info.run_id
+    path = sandbox.client().download_artifacts(
+        parent.info.run_id, "summary/trials.csv", str(_fresh(folder))
+    )
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _fresh(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_grid_is_one_parent_with_a_child_per_job(sandbox):
+    proc = multirun(sandbox, "net=seed_mlp,cnn", "optimizer.lr=1e-3,3e-3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (parent,), children = split(sandbox.runs())
+    assert parent.info.status == "FINISHED"
+    sweep_id = parent.data.tags["deepmine.sweep.id"]
+    assert parent.info.run_name == sweep_id
+    assert parent.data.params["sweep.space.net"] == "net=seed_mlp,cnn"
+    assert parent.data.params["seed"] == "42"  # the sweep's own config
+
+    assert len(children) == 4
+    assert {c.data.tags[PARENT] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["deepmine.sweep.id"] for c in children} == {sweep_id}
+    assert sorted(int(c.data.tags["deepmine.sweep.job"]) for c in children) == [0, 1, 2, 3]
+    combos = {(c.data.params["sweep.net"], c.data.params["sweep.optimizer.lr"]) for c in children}
+    assert combos == {(n, lr) for n in ("seed_mlp", "cnn") for lr in ("0.001", "0.003")}
+    # the compare view: swept params differ, the rest of the config is the same
+    varying = {
+        key
+        for key in children[0].data.params
+        if len({c.data.params.get(key) for c in children}) > 1
+    }
+    assert {"sweep.net", "sweep.optimizer.lr", "optimizer.lr", "net._target_"} <= varying
+    assert not {"seed", "data._target_", "trainer.max_epochs"} & varying
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    rows = summary_rows(sandbox, parent)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    by_run = {c.info.run_id: c for c in children}
+    for row in rows:
+        child = by_run[row["run_id"]]
+        assert float(row["val/acc_best"]) == child.data.metrics["val/acc_best"]
+        assert row["net"] == child.data.params["sweep.net"]
+    best = max(children, key=lambda c: c.data.metrics["val/acc_best"])
+    assert parent.data.tags["deepmine.sweep.best_run_id"] == best.info.run_id
+    artifacts = {a.path for a in sandbox.client().list_artifacts(parent.info.run_id, "summary")}
+    assert {
+        "summary/trials.md",
+        "summary/best.json",
+        "summary/objective_per_trial.png",
+        "summary/objective_vs_params.png",
+    } <= artifacts
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(sandbox, tmp_path):
+    # lr=1e9 diverges to a NaN loss mid-run; lr=abc fails before its run could open
+    proc = multirun(sandbox, "optimizer=sgd", "optimizer.lr=1e-3,1e9,abc")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 of 3 jobs failed" in one_line_error(proc)
+    (parent,), children = split(sandbox.runs())
+    assert parent.info.status == "FAILED"
+    by_job = {int(c.data.tags["deepmine.sweep.job"]): c for c in children}
+    assert [by_job[j].info.status for j in (0, 1, 2)] == ["FINISHED", "FAILED", "FAILED"]
+    assert "NonFiniteLoss" in by_job[1].data.tags["deepmine.error"]
+    assert "optimizer.lr='abc' is not valid" in by_job[2].data.tags["deepmine.error"]
+    for job in (1, 2):
+        path = sandbox.client().download_artifacts(
+            by_job[job].info.run_id, "error/traceback.txt", str(_fresh(tmp_path / str(job)))
+        )
+        assert "Traceback" in Path(path).read_text()
+    rows = summary_rows(sandbox, parent)
+    assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
+    assert "NonFiniteLoss" in rows[1]["error"]
+
+
+def test_joblib_runs_parallel_jobs_into_a_fresh_store(sandbox):
+    assert not sandbox.db.exists()
+    proc = multirun(sandbox, "launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,0,1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "database is locked" not in proc.stderr
+    (parent,), children = split(sandbox.runs())
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED"] * 4
+    client = sandbox.client()
+    keys = {"train/loss", "train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "test/loss"}
+    for child in children:
+        assert keys <= set(child.data.metrics)
+        # debug=fast: 5 steps, each logged
+        assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 5
+    # two workers ran four jobs: processes were reused...
+    assert len({c.data.tags["deepmine.host.pid"] for c in children}) < 4
+    # ...and a job in a reused process got exactly what a fresh process gets
+    by_seed: dict[str, set] = {}
+    for child in children:
+        by_seed.setdefault(child.data.params["seed"], set()).add(child.data.metrics["test/acc"])
+    assert all(len(values) == 1 for values in by_seed.values()), by_seed
+    assert len({next(iter(v)) for v in by_seed.values()}) == 2
+
+
+def test_optuna_search_killed_and_resumed_ends_with_all_trials_and_one_parent(sandbox):
+    storage = f"sqlite:///{sandbox.logs}/train/multiruns/optuna.db"
+    args = [
+        "train",
+        "-m",
+        *sandbox.overrides(
+            *FAST,
+            "hparams_search=fashion_mnist_optuna",
+            "trainer.max_epochs=2",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "hydra.sweeper.pruner=null",
+        ),
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "deepmine", *args],
+        cwd=sandbox.cwd,
+        env=deepmine_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while _complete(storage) < 2:
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the search did not get going"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 130, first.stderr.read()[-3000:]
+    (parent,), _ = split(sandbox.runs("fashion_mnist_optuna"))
+    assert parent.info.status == "KILLED"
+    assert 2 <= _complete(storage) < 4
+
+    again = run_cli(*args, cwd=sandbox.cwd)
+    assert again.returncode == 2
+    assert "already exists" in one_line_error(again) and "resume=true" in again.stderr
+
+    resumed = run_cli(*args, "resume=true", cwd=sandbox.cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="fashion_mnist_optuna", storage=storage)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert all(t.state.name == "COMPLETE" or t.user_attrs.get("interrupted") for t in study.trials)
+
+    (parent_after,), children = split(sandbox.runs("fashion_mnist_optuna"))
+    assert parent_after.info.run_id == parent.info.run_id
+    assert parent_after.info.status == "FINISHED"
+    assert "RUNNING" not in {c.info.status for c in children}
+    finished = {
+        int(c.data.tags["deepmine.sweep.job"]) for c in children if c.info.status == "FINISHED"
+    }
+    assert finished == {t.number for t in complete}
+    rows = summary_rows(sandbox, parent_after)
+    scored = {int(r["job"]): float(r["val/acc_best"]) for r in rows if r["status"] == "FINISHED"}
+    assert scored == {t.number: t.value for t in complete}
+    # one sweep folder for both sessions
+    assert len(list((sandbox.logs / "train" / "multiruns").glob("*/*/deepmine-sweep.json"))) == 1
+
+
+def _complete(storage: str) -> int:
+    try:
+        study = optuna.load_study(study_name="fashion_mnist_optuna", storage=storage)
+    except Exception:  # not created yet
+        return 0
+    return sum(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_optuna_prunes_through_the_lightning_callback(sandbox):
+    storage = f"sqlite:///{sandbox.logs}/train/multiruns/optuna.db"
+    proc = multirun(
+        sandbox,
+        "hparams_search=fashion_mnist_optuna",
+        "trainer.max_epochs=3",
+        "hydra.sweeper.n_trials=2",
+        # accuracy never exceeds 1.01, so every trial is pruned after its first epoch
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "~hydra.sweeper.pruner.n_startup_trials",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        "+hydra.sweeper.pruner.lower=1.01",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="fashion_mnist_optuna", storage=storage)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [0] for t in study.trials)
+    (parent,), children = split(sandbox.runs("fashion_mnist_optuna"))
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert all(c.data.tags["deepmine.sweep.pruned"] == "true" for c in children)
+    assert all(c.data.tags["deepmine.optuna.state"] == "PRUNED" for c in children)
+    assert "test/acc" not in children[0].data.metrics  # pruned trials are not tested
+    assert [r["status"] for r in summary_rows(sandbox, parent)] == ["PRUNED", "PRUNED"]
+
+
+def test_submitit_local_runs_each_job_in_its_own_process(sandbox):
+    proc = multirun(sandbox, "launcher=submitit_local", "seed=0,1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (parent,), children = split(sandbox.runs())
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert parent.data.tags["deepmine.sweep.launcher"].endswith("LocalLauncher")
+    pids = {c.data.tags["deepmine.host.pid"] for c in children}
+    assert len(pids) == 2 and parent.data.tags["deepmine.host.pid"] not in pids
+    sweep_dir = Path(parent.data.tags["deepmine.sweep.dir"])
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+
+
+def test_ddp_on_cpu_is_one_run_per_job_even_inside_a_multirun(sandbox):
+    proc = multirun(sandbox, "trainer=ddp", "seed=0,1", "trainer.limit_test_batches=1.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sandbox.runs()
+    (parent,), children = split(runs)
+    assert len(runs) == 3, "rank 1 must not record runs of its own"
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert all(c.data.params["trainer.devices"] == "2" for c in children)
+    job0 = next(c for c in children if c.data.tags["deepmine.sweep.job"] == "0")
+    out = Path(job0.data.tags["deepmine.output_dir"])
+    assert (out / "ddp" / "rank1.log").is_file()
+    # the test set was sharded over the ranks and the metric synced: one process evaluating
+    # the same checkpoint on the whole test set gets the same accuracy
+    (checkpoint,) = (out / "checkpoints").glob("epoch*.ckpt")
+    evaluated = run_cli(
+        "eval",
+        f"ckpt_path={checkpoint}",
+        *sandbox.overrides("data=digits", "logger=none"),
+        cwd=sandbox.cwd,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    line = next(ln for ln in evaluated.stdout.splitlines() if ln.startswith("test/acc"))
+    assert float(line.split()[1]) == round(job0.data.metrics["test/acc"], 4)
