@@ -86,6 +86,7 @@ def test_isolated_restores_what_a_job_changes_process_wide():
     import numpy as np
 
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()  # earlier tests may set it
     os.environ.pop("DEEPMINE_TEST_LEAK", None)
     torch.manual_seed(5)
     expected = torch.rand(1)
@@ -93,7 +94,7 @@ def test_isolated_restores_what_a_job_changes_process_wide():
     with isolated():
         os.environ["DEEPMINE_TEST_LEAK"] = "1"
         os.environ["PL_GLOBAL_SEED"] = "123"
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(not deterministic)
         torch.set_num_threads(1 if threads > 1 else 2)
         torch.manual_seed(99)
         random.seed(99)
@@ -101,7 +102,7 @@ def test_isolated_restores_what_a_job_changes_process_wide():
         torch.rand(10)
     assert "DEEPMINE_TEST_LEAK" not in os.environ
     assert os.environ.get("PL_GLOBAL_SEED") != "123"
-    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.rand(1), expected)
 

@@ -26,6 +26,9 @@ examples:
   deepmine train
   deepmine train net=cnn optimizer=adamw optimizer.lr=3e-3 trainer.max_epochs=10
   deepmine train debug=fast data=digits
+  deepmine train -m net=seed_mlp,cnn seed=0,1            (a sweep: parent + child runs)
+  deepmine train -m launcher=joblib seed=0,1,2,3          (jobs in parallel)
+  deepmine train -m hparams_search=fashion_mnist_optuna   (an Optuna search; resume=true)
   deepmine eval run_id=<mlflow run id>
 """
 
