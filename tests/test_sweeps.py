@@ -106,7 +106,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(sandbox, tmp_path):
         assert "Traceback" in Path(path).read_text()
     rows = summary_rows(sandbox, parent)
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
-    assert "NonFiniteLoss" in rows[1]["error"]
+    assert "NonFiniteLoss" in rows[1]["note"]
 
 
 def test_joblib_runs_parallel_jobs_into_a_fresh_store(sandbox):
@@ -222,7 +222,11 @@ def test_optuna_prunes_through_the_lightning_callback(sandbox):
     assert all(c.data.tags["deepmine.sweep.pruned"] == "true" for c in children)
     assert all(c.data.tags["deepmine.optuna.state"] == "PRUNED" for c in children)
     assert "test/acc" not in children[0].data.metrics  # pruned trials are not tested
-    assert [r["status"] for r in summary_rows(sandbox, parent)] == ["PRUNED", "PRUNED"]
+    rows = summary_rows(sandbox, parent)
+    assert [r["status"] for r in rows] == ["PRUNED", "PRUNED"]
+    assert all(
+        r["val/acc_best"] == "" and "pruned after epoch 0 (val/acc" in r["note"] for r in rows
+    )
 
 
 def test_submitit_local_runs_each_job_in_its_own_process(sandbox):

@@ -180,6 +180,8 @@ def _run_name(hydra_cfg, overrides: list[str]) -> str:
 
 
 def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict, git) -> dict:
+    import torch
+
     from deepmine.lineage import source_tags
 
     command = " ".join(["deepmine", HydraConfig.get().job.config_name, *overrides])
@@ -189,6 +191,8 @@ def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dic
         "deepmine.command": command,
         "deepmine.overrides": " ".join(overrides),
         "deepmine.seed": str(seed),
+        # float reductions depend on the thread count: bit-identical reruns need the same one
+        "deepmine.torch.num_threads": str(torch.get_num_threads()),
         "deepmine.output_dir": str(cfg.paths.output_dir),
         **data_tags,
         **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},

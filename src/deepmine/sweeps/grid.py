@@ -61,7 +61,7 @@ def job_rows(record: SweepRecord, jobs) -> list[JobRow]:
     from hydra.core.utils import JobStatus
 
     from deepmine.sweeps.job import swept_values
-    from deepmine.sweeps.record import _error_line
+    from deepmine.sweeps.record import error_line
 
     children = record.children()
     rows = []
@@ -77,7 +77,7 @@ def job_rows(record: SweepRecord, jobs) -> list[JobRow]:
             rows.append(JobRow(num, status, objective, params, child.run_id if child else ""))
             continue
         run_id = child.run_id if child else record.record_job_failure(num, params, outcome)
-        error = (child.error if child else "") or _error_line(outcome)
+        error = (child.error if child else "") or error_line(outcome)
         status = child.status if child and child.status != "FINISHED" else "FAILED"
         rows.append(JobRow(num, status, None, params, run_id, error))
     return rows

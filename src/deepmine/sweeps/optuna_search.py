@@ -222,9 +222,9 @@ def _tell(study, trial, result) -> None:
     elif isinstance(outcome, TrialPruned):
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        from deepmine.sweeps.record import _error_line
+        from deepmine.sweeps.record import error_line
 
-        trial.set_user_attr("error", _error_line(outcome))
+        trial.set_user_attr("error", error_line(outcome))
         study.tell(trial, state=TrialState.FAIL)
 
 
@@ -255,5 +255,15 @@ def _rows(record: SweepRecord, study) -> list[JobRow]:
             from deepmine.tracking.sweep import set_tags
 
             set_tags(record.store, child.run_id, {"deepmine.optuna.state": trial.state.name})
-        rows.append(JobRow(trial.number, status, trial.value, dict(trial.params), run_id, error))
+        value = trial.value
+        if trial.state == TrialState.PRUNED:
+            # Optuna stores a pruned trial's last intermediate value as its value; that is not
+            # the objective, so it goes in the note instead
+            reported = trial.intermediate_values
+            if reported and not error:
+                step = max(reported)
+                metric = record.info.study.get("pruning_metric")
+                error = f"pruned after epoch {step} ({metric} {reported[step]:.6g})"
+            value = None
+        rows.append(JobRow(trial.number, status, value, dict(trial.params), run_id, error))
     return rows

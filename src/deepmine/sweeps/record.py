@@ -151,7 +151,7 @@ class SweepRecord:
             return ""
         from deepmine.tracking.sweep import JOB_TAG, PARENT_TAG, SWEEP_ID_TAG, record_failed_job
 
-        error = _error_line(exc)
+        error = error_line(exc)
         text = "".join(traceback.format_exception(exc)) if exc else error
         tags = {
             PARENT_TAG: self.parent.run_id,
@@ -223,7 +223,7 @@ def failure_line(summary: Summary) -> str:
     return f"{len(failed)} of {len(summary.rows)} jobs failed; job {first.job}: {first.error}{more}"
 
 
-def _error_line(exc: BaseException | None) -> str:
+def error_line(exc: BaseException | None) -> str:
     if exc is None:
         return "the job returned no result"
     return (

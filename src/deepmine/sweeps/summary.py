@@ -1,7 +1,8 @@
 """The summary of a sweep: one row per job, the best one, and two figures.
 
 Written to `<sweep dir>/summary/` and logged to the parent run under `summary/`:
-`trials.csv` and `trials.md` (job, status, objective, every swept param, child run id, error),
+`trials.csv` and `trials.md` (job, status, objective, every swept param, child run id, and a
+note: the error of a failed job, where a pruned one stopped),
 `best.json`, `objective_per_trial.png` and `objective_vs_params.png` (one panel per param).
 """
 
@@ -89,7 +90,7 @@ class Summary:
     def _table(self, exact: bool) -> tuple[list[str], list[list[str]]]:
         """Header and rows; `exact` keeps every digit of the objective (CSV), else 6 (Markdown)."""
         params = self.param_names
-        header = ["job", "status", self.objective_name, *params, "run_id", "error"]
+        header = ["job", "status", self.objective_name, *params, "run_id", "note"]
         body = []
         for row in sorted(self.rows, key=lambda r: r.job):
             if row.objective is None:
