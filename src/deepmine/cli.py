@@ -20,6 +20,11 @@ commands:
   eval  [overrides]   test a checkpoint (ckpt_path=...) or a recorded run (run_id=...)
   data pull           fill data/ (DVC remote, else the local public source) and verify it
   data status         say whether data/ matches the version pinned in data.dvc
+  reproduce <experiment> [overrides]
+                      run a claim of experiments/ for all its seeds, compare with the
+                      published number (exit 1 outside tolerance), report
+  reproduce --all [--only a,b]
+                      every claim; regenerates REPRODUCTION.md
   ui [--port N]       serve the MLflow UI on the project's tracking store
 
 examples:
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return _guarded(lambda: _data(rest))
     if command == "ui":
         return _guarded(lambda: _ui(rest))
+    if command == "reproduce":
+        return _guarded(lambda: _reproduce(rest))
     print(f"error: unknown command '{command}'. Fix: run `deepmine --help`", file=sys.stderr)
     return EXIT_BAD_INPUT
 
@@ -113,6 +120,38 @@ def _data(args: list[str]) -> int:
     state = version.check(root)
     print(state.describe())
     return 0 if state.matches else EXIT_FAILED
+
+
+def _reproduce(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="deepmine reproduce", description="check the claims of experiments/"
+    )
+    parser.add_argument("experiment", nargs="?", help="a claim: experiments/<name>.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run")
+    parser.add_argument("--all", action="store_true", help="every claim; writes REPRODUCTION.md")
+    parser.add_argument("--only", help="with --all: a comma-separated selection of claims")
+    parser.add_argument("--launcher", help="run the seeds through launcher=<name> (e.g. joblib)")
+    ns = parser.parse_args(args)
+    from deepmine import claims
+    from deepmine.errors import DeepmineError
+    from deepmine.reproduce import reproduce, reproduce_all
+
+    if ns.all:
+        overrides = [ns.experiment, *ns.overrides] if ns.experiment else ns.overrides
+        names = ns.only.split(",") if ns.only else claims.available()
+        for name in names:
+            claims.load(name, overrides)  # every claim is checked before any runs
+        outcomes = reproduce_all(names, overrides, ns.launcher)
+        return 0 if all(o.ok for o in outcomes) else EXIT_FAILED
+    if not ns.experiment:
+        raise DeepmineError(
+            "reproduce needs an experiment name or --all",
+            f"e.g. deepmine reproduce {(claims.available() or ['<name>'])[0]}",
+        )
+    outcome = reproduce(ns.experiment, ns.overrides, ns.launcher)
+    return 0 if outcome.ok else EXIT_FAILED
 
 
 def _ui(args: list[str]) -> int:

@@ -1,0 +1,280 @@
+"""`deepmine reproduce`: run a claim's seeds as one recorded sweep and judge the claim.
+
+`deepmine reproduce <experiment> [overrides]` runs `deepmine train -m experiment=<name>
+seed=<the claim's seeds>` (a subprocess: the sweep is recorded exactly like any other, one
+MLflow parent with a child per seed), reads the claimed metric of every child, and writes a
+report (Markdown table "published vs reproduced" and a PNG chart with the published value
+marked) to the sweep folder and into the parent run. Exit 0 when the mean is within tolerance
+(or a baseline was measured), 1 otherwise.
+
+`deepmine reproduce --all` does this for every claim (or `--only a,b`) and regenerates
+REPRODUCTION.md at the project root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from deepmine.claims import Claim, load
+from deepmine.errors import DeepmineError
+from deepmine.project import project_root
+
+REPORT_FILE = "REPRODUCTION.md"
+_RESULTS_MARK = "<!-- deepmine:results "
+
+
+@dataclass
+class Outcome:
+    claim: Claim
+    command: str
+    values: dict[int, float] = field(default_factory=dict)  # seed -> metric
+    run_ids: dict[int, str] = field(default_factory=dict)  # seed -> child run id
+    parent_run_id: str = ""
+    wall_s: float = 0.0
+    sweep_dir: str = ""
+    failed_seeds: list[int] = field(default_factory=list)
+    date: str = ""
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values.values()) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        values = list(self.values.values())
+        return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+
+    @property
+    def ok(self) -> bool:
+        if self.failed_seeds or self.mean is None:
+            return False
+        if self.claim.is_baseline:
+            return True
+        return abs(self.mean - self.claim.published) <= self.claim.tolerance + 1e-12
+
+    @property
+    def verdict(self) -> str:
+        if self.failed_seeds:
+            return f"not reproduced: seeds {self.failed_seeds} failed"
+        if self.mean is None:
+            return "not reproduced: no run reported the metric"
+        if self.claim.is_baseline:
+            return "baseline measured (no published number)"
+        gap = self.mean - self.claim.published
+        inside = "within" if self.ok else "outside"
+        return f"{inside} tolerance ({gap:+.4f} vs ±{self.claim.tolerance:g})"
+
+    def reproduced(self) -> str:
+        if self.mean is None:
+            return "-"
+        return f"{self.mean:.4f} ± {self.std:.4f} (n={len(self.values)})"
+
+
+def reproduce(name: str, overrides: list[str] = (), launcher: str | None = None) -> Outcome:
+    """Run every seed of claim `name`, record and report; returns the outcome."""
+    claim, cfg = load(name, overrides)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    sweep_dir = Path(cfg.paths.log_dir) / "reproduce" / name / stamp
+    seeds = ",".join(str(s) for s in claim.seeds)
+    args = [
+        "train",
+        "-m",
+        f"experiment={name}",
+        f"seed={seeds}",
+        *([f"launcher={launcher}"] if launcher else []),
+        *overrides,
+    ]
+    command = "deepmine reproduce " + " ".join(
+        [name, *([f"--launcher {launcher}"] if launcher else []), *overrides]
+    )
+    outcome = Outcome(claim, command, sweep_dir=str(sweep_dir), date=stamp[:10])
+    started = time.perf_counter()
+    print(f"reproduce  {name}: {len(claim.seeds)} seeds ({seeds}) -> {sweep_dir}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepmine", *args, f"hydra.sweep.dir={sweep_dir}"], check=False
+    )
+    outcome.wall_s = time.perf_counter() - started
+    if done.returncode not in (0, 1):  # 1: some seeds failed, still recorded and summarized
+        raise DeepmineError(
+            f"the runs of '{name}' could not start (exit {done.returncode})",
+            "see the error above",
+        )
+    _collect(outcome, sweep_dir)
+    _report(outcome, sweep_dir)
+    return outcome
+
+
+def _collect(outcome: Outcome, sweep_dir: Path) -> None:
+    from deepmine.sweeps.record import SweepInfo
+    from deepmine.tracking.store import connect
+    from deepmine.tracking.sweep import child_runs
+
+    info = SweepInfo.load(sweep_dir)
+    if info is None or not info.parent_run_id:
+        raise DeepmineError(
+            f"no recorded sweep in {sweep_dir}",
+            "reproduce needs the MLflow logger (drop logger=none)",
+        )
+    store = connect(info.tracking_uri)
+    parent = store.client.get_run(info.parent_run_id)
+    outcome.parent_run_id = info.parent_run_id
+    children = child_runs(store, parent.info.experiment_id, info.parent_run_id)
+    seeds = outcome.claim.seeds
+    for job, seed in enumerate(seeds):
+        child = children.get(job)
+        value = child.metrics.get(outcome.claim.metric) if child else None
+        if child:
+            outcome.run_ids[seed] = child.run_id
+        if child is None or child.status != "FINISHED" or value is None or math.isnan(value):
+            outcome.failed_seeds.append(seed)
+        else:
+            outcome.values[seed] = value
+
+
+def _report(outcome: Outcome, sweep_dir: Path) -> None:
+    from deepmine.plots import reproduction_png
+    from deepmine.tracking.store import connect
+    from deepmine.tracking.sweep import set_tags
+
+    folder = sweep_dir / "reproduction"
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = folder / "report.md"
+    markdown.write_text(report_markdown(outcome))
+    chart = reproduction_png(
+        outcome.claim.name,
+        outcome.claim.metric,
+        outcome.values,
+        outcome.claim.published,
+        outcome.claim.tolerance,
+        folder / "chart.png",
+    )
+    (folder / "outcome.json").write_text(json.dumps(_row(outcome), indent=2))
+    from deepmine.sweeps.record import SweepInfo
+
+    store = connect(SweepInfo.load(sweep_dir).tracking_uri)
+    for path in (markdown, chart, folder / "outcome.json"):
+        store.client.log_artifact(outcome.parent_run_id, str(path), "reproduction")
+    set_tags(
+        store,
+        outcome.parent_run_id,
+        {
+            "deepmine.reproduce.claim": outcome.claim.name,
+            "deepmine.reproduce.verdict": outcome.verdict,
+            "deepmine.reproduce.ok": str(outcome.ok).lower(),
+        },
+    )
+    if outcome.mean is not None:
+        metric = outcome.claim.metric
+        store.client.log_metric(outcome.parent_run_id, f"reproduced/{metric}/mean", outcome.mean)
+        store.client.log_metric(outcome.parent_run_id, f"reproduced/{metric}/std", outcome.std)
+    print(markdown.read_text(), flush=True)
+    print(f"report     {markdown}\nchart      {chart}", flush=True)
+
+
+def report_markdown(outcome: Outcome) -> str:
+    claim = outcome.claim
+    published = "—" if claim.is_baseline else f"{claim.published:.4f} ± {claim.tolerance:g}"
+    lines = [
+        f"# Reproduction of `{claim.name}`",
+        "",
+        f"Source: {claim.source}",
+        "",
+        "| metric | published | reproduced (mean ± std, n seeds) | verdict |",
+        "|---|---|---|---|",
+        f"| {claim.metric} | {published} | {outcome.reproduced()} | {outcome.verdict} |",
+        "",
+        "| seed | value | MLflow run |",
+        "|---|---|---|",
+    ]
+    for seed in claim.seeds:
+        value = outcome.values.get(seed)
+        shown = f"{value:.4f}" if value is not None else "failed"
+        lines.append(f"| {seed} | {shown} | {outcome.run_ids.get(seed, '-')} |")
+    lines += [
+        "",
+        f"Command: `{outcome.command}` — wall time {outcome.wall_s / 60:.1f} min; "
+        f"MLflow parent run `{outcome.parent_run_id}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _row(outcome: Outcome) -> dict:
+    return {
+        "claim": asdict(outcome.claim),
+        "command": outcome.command,
+        "values": {str(k): v for k, v in outcome.values.items()},
+        "run_ids": {str(k): v for k, v in outcome.run_ids.items()},
+        "parent_run_id": outcome.parent_run_id,
+        "wall_s": round(outcome.wall_s, 1),
+        "mean": outcome.mean,
+        "std": outcome.std,
+        "verdict": outcome.verdict,
+        "ok": outcome.ok,
+        "date": outcome.date,
+    }
+
+
+def reproduce_all(names: list[str], overrides: list[str], launcher: str | None) -> list[Outcome]:
+    """Every claim in `names`, one after another; REPRODUCTION.md keeps the rows of claims not
+    rerun this time."""
+    started = time.perf_counter()
+    outcomes = [reproduce(name, overrides, launcher) for name in names]
+    total = time.perf_counter() - started
+    path = project_root() / REPORT_FILE
+    rows = _previous_rows(path)
+    rows.update({o.claim.name: _row(o) for o in outcomes})
+    path.write_text(_reproduction_md(rows, total, names))
+    print(f"wrote      {path} ({len(outcomes)} claims in {total / 60:.1f} min)", flush=True)
+    return outcomes
+
+
+def _previous_rows(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    for line in path.read_text().splitlines():
+        if line.startswith(_RESULTS_MARK):
+            return json.loads(line[len(_RESULTS_MARK) : -len(" -->")])
+    return {}
+
+
+def _reproduction_md(rows: dict, total_s: float, rerun: list[str]) -> str:
+    lines = [
+        "# Reproduction",
+        "",
+        "Every claim in `experiments/`, run by `deepmine reproduce --all` on this project's",
+        "machine (2 CPU cores). *Reproduced* is the mean ± sample std over the claim's seeds of",
+        "the claimed metric, each seed an MLflow child run of the parent listed.",
+        "",
+        "| claim | source | metric | published | reproduced (mean ± std, n) | verdict | command "
+        "| wall time | MLflow parent (children) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(rows):
+        row = rows[name]
+        claim = row["claim"]
+        published = "—" if claim["published"] is None else f"{claim['published']:.4f}"
+        if row["mean"] is None:
+            reproduced = "-"
+        else:
+            reproduced = f"{row['mean']:.4f} ± {row['std']:.4f} (n={len(row['values'])})"
+        children = ", ".join(row["run_ids"].values())
+        lines.append(
+            f"| `{name}` | {claim['source']} | {claim['metric']} | {published} | {reproduced} "
+            f"| {row['verdict']} | `{row['command']}` | {row['wall_s'] / 60:.1f} min "
+            f"| `{row['parent_run_id']}` ({children}) |"
+        )
+    lines += [
+        "",
+        f"Last `--all` run: {', '.join(rerun)} in {total_s / 60:.1f} min.",
+        "",
+        _RESULTS_MARK + json.dumps(rows, sort_keys=True) + " -->",
+    ]
+    return "\n".join(lines) + "\n"
