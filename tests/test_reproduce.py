@@ -1,0 +1,104 @@
+"""`deepmine reproduce`: claims run for real (tiny settings: digits, one epoch, few batches)
+into a real MLflow store, judged against their published value, and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import one_line_error, run_cli
+
+TINY = ("data=digits", "debug=fast")
+
+
+def reproduce(sandbox, *args: str, **env: str):
+    overrides = [a for a in args if "=" in a and not a.startswith("--")]
+    flags = [a for a in args if a not in overrides]
+    return run_cli(
+        "reproduce", *flags, *sandbox.overrides(*TINY, *overrides), cwd=sandbox.cwd, **env
+    )
+
+
+def test_a_baseline_claim_is_measured_and_reported(sandbox, tmp_path):
+    proc = reproduce(sandbox, "seed_article_baseline", "claim.seeds=[0,1]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sandbox.runs("seed_article_baseline")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(c.data.params["seed"] for c in children) == ["0", "1"]
+    values = [c.data.metrics["test/acc"] for c in children]
+    mean = sum(values) / 2
+    assert parent.data.metrics["reproduced/test/acc/mean"] == mean
+    assert parent.data.tags["deepmine.reproduce.verdict"].startswith("baseline measured")
+    assert {
+        a.path for a in sandbox.client().list_artifacts(parent.info.run_id, "reproduction")
+    } >= {
+        "reproduction/report.md",
+        "reproduction/chart.png",
+    }
+    (report,) = sandbox.logs.glob("reproduce/seed_article_baseline/*/reproduction/report.md")
+    text = report.read_text()
+    assert f"{mean:.4f} ± " in text and "(n=2)" in text
+    assert all(c.info.run_id in text for c in children)
+
+
+def test_outside_tolerance_exits_nonzero_and_within_exits_zero(sandbox):
+    proc = reproduce(sandbox, "fashion_mnist_logreg", "claim.seeds=[0]", "claim.published=2.0")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "outside tolerance" in proc.stdout
+    proc = reproduce(
+        sandbox,
+        "fashion_mnist_logreg",
+        "claim.seeds=[0]",
+        "claim.published=0.5",
+        "claim.tolerance=0.5",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "within tolerance" in proc.stdout
+
+
+def test_all_regenerates_reproduction_md_and_keeps_rows_not_rerun(sandbox, tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    env = {"DEEPMINE_ROOT": str(root)}
+    proc = reproduce(
+        sandbox,
+        "--all",
+        "--only",
+        "seed_article_baseline,fashion_mnist_logreg",
+        "claim.seeds=[0]",
+        "claim.tolerance=1.0",
+        **env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (root / "REPRODUCTION.md").read_text()
+    assert "| `fashion_mnist_logreg` |" in text and "| `seed_article_baseline` |" in text
+    rows = json.loads(text.split("<!-- deepmine:results ")[1].split(" -->")[0])
+    first_parent = rows["fashion_mnist_logreg"]["parent_run_id"]
+    proc = reproduce(sandbox, "--all", "--only", "seed_article_baseline", "claim.seeds=[0]", **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows_after = json.loads(
+        (root / "REPRODUCTION.md").read_text().split("<!-- deepmine:results ")[1].split(" -->")[0]
+    )
+    assert rows_after["fashion_mnist_logreg"]["parent_run_id"] == first_parent
+    assert (
+        rows_after["seed_article_baseline"]["parent_run_id"]
+        != rows["seed_article_baseline"]["parent_run_id"]
+    )
+
+
+def test_unknown_experiment_lists_the_available_ones(sandbox):
+    proc = run_cli("reproduce", "no_such_claim", cwd=sandbox.cwd)
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert "unknown experiment 'no_such_claim'" in line and "fashion_mnist_logreg" in line
+    assert not Path(sandbox.db).exists()
+
+
+def test_a_claim_missing_a_field_names_it(sandbox):
+    proc = reproduce(sandbox, "fashion_mnist_logreg", "~claim.tolerance")
+    assert proc.returncode == 2
+    assert "lacks tolerance" in one_line_error(proc)
+    proc = reproduce(sandbox, "fashion_mnist_logreg", "claim.seeds=[]")
+    assert "seeds must be a non-empty list of integers" in one_line_error(proc)
+    assert sandbox.runs("fashion_mnist_logreg") == []
