@@ -100,9 +100,11 @@ def test_eval_unknown_run_id(sandbox):
     assert "no MLflow run '0123456789abcdef'" in one_line_error(proc)
 
 
-def test_resume_outside_a_search_is_refused(sandbox):
+def test_resume_true_outside_a_search_is_refused(sandbox):
     proc = sandbox.train("data=digits", "resume=true")
-    assert_refused(sandbox, proc, "resume=True continues an Optuna search", "-m hparams_search=")
+    assert_refused(
+        sandbox, proc, "resume=true continues an Optuna search", "or pass resume=<run id>"
+    )
 
 
 def test_a_sweep_with_an_unknown_option_starts_no_job(sandbox):

@@ -224,6 +224,7 @@ def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
         "RichProgressBar",
         "LearningRateMonitor",
         "StopOnNonFiniteLoss",
+        "RngStateInCheckpoint",
     }
     for key in cfg.callbacks:
         left = build_callbacks(compose_cfg(tmp_path, f"callbacks.{key}=null"))

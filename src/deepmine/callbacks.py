@@ -48,3 +48,43 @@ class StopOnNonFiniteLoss(pl.Callback):
                 "diverged (lower optimizer.lr, or add gradient clipping: "
                 "trainer.gradient_clip_val=1.0)"
             )
+
+
+class RngStateInCheckpoint(pl.Callback):
+    """Save the Python, NumPy and torch RNG states in every checkpoint and restore them when a
+    run resumes from it, so an interrupted-then-resumed run draws the same dropout masks (and
+    any other random numbers) as an uninterrupted one. Lightning saves no RNG state.
+
+    Stored as plain Python/tensor values: checkpoints are loaded with `weights_only=True`,
+    which refuses NumPy arrays.
+    """
+
+    KEY = "deepmine_rng"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint[self.KEY] = {
+            "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

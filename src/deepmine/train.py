@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -53,12 +54,10 @@ def _train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     check_override_types(cfg, hydra_cfg.job.config_name, overrides)
-    seed = check_seed(cfg)
+    resumed = None
     if cfg.get("resume") not in (None, False) and hydra_cfg.mode != RunMode.MULTIRUN:
-        raise DeepmineError(
-            f"resume={cfg.resume} continues an Optuna search, which needs -m",
-            "run `deepmine train -m hparams_search=<name> resume=true`",
-        )
+        cfg, resumed = _resumed(cfg, hydra_cfg, cfg.resume, overrides)
+    seed = check_seed(cfg)
     job = current_job()
     data_tags = verify_data(cfg)
     store = connect_store(cfg)
@@ -81,10 +80,61 @@ def _train(cfg: DictConfig) -> float | None:
             result = _fit_and_test(cfg, parts, output_dir)
             _print_summary(result, None, None)
             return result["objective"]
-        return _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors)
+        return _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors, resumed)
 
 
-def _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors) -> float | None:
+@dataclass
+class Resumed:
+    """A single run continued from its last checkpoint into the same MLflow run."""
+
+    run_id: str
+    checkpoint: Path
+    output_dir: Path
+
+
+def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
+    """The config run `resume` was composed with (its recorded overrides, then any given
+    here), writing into its own output folder, and where to continue from."""
+    if resume is True:
+        raise DeepmineError(
+            "resume=true continues an Optuna search, which needs -m",
+            "run `deepmine train -m hparams_search=<name> resume=true`, or pass resume=<run id> "
+            "to continue a single run",
+        )
+    import tempfile
+
+    from deepmine.tracking.fetch import get_run, recorded_overrides
+
+    store = connect_store(cfg)
+    if store is None:
+        raise DeepmineError("resume=<run id> needs the MLflow logger", "drop logger=none")
+    run_id = str(resume)
+    run = get_run(store, run_id)
+    if run.info.status == "FINISHED":
+        raise DeepmineError(
+            f"run {run_id} already FINISHED: nothing to resume", "start a new run instead"
+        )
+    output_dir = Path(run.data.tags.get("deepmine.output_dir", ""))
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise DeepmineError(
+            f"run {run_id} has no last checkpoint at {checkpoint} (stopped before its first "
+            "epoch ended, or trained on another machine)",
+            "start it again as a new run",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        recorded = recorded_overrides(store, run_id, Path(tmp))
+    extra = [o for o in overrides if not o.lstrip("+~").startswith("resume=")]
+    composed = hydra.compose(
+        hydra_cfg.job.config_name,
+        overrides=[*recorded, *extra, f"paths.output_dir={output_dir}"],
+    )
+    return composed, Resumed(run_id, checkpoint, output_dir)
+
+
+def _recorded(
+    cfg, parts, store, overrides, seed, data_tags, job, pruned_errors, resumed=None
+) -> float | None:
     """Fit and test inside an MLflow run that is closed FINISHED, FAILED or KILLED."""
     from deepmine.lineage import git_state, start_pip_freeze
     from deepmine.tracking.run import recorded_run
@@ -95,20 +145,34 @@ def _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors)
     tags = _start_tags(cfg, overrides, seed, data_tags, git)
     if job:
         tags.update(job.tags())
+    if resumed:  # the run keeps the tags of its start; the resume adds its own
+        tags = {
+            "deepmine.resumed.checkpoint": str(resumed.checkpoint),
+            "deepmine.resumed.argv": " ".join(sys.argv),
+            "deepmine.resumed.git.commit": git.commit or "unknown",
+        }
     run_name = cfg.logger.run_name or _run_name(HydraConfig.get(), overrides)
     run = None
     pruned = None
     try:
         with (
             interrupts.installed(),
-            recorded_run(store, cfg.experiment_name, run_name, tags) as run,
+            recorded_run(
+                store,
+                cfg.experiment_name,
+                run_name,
+                tags,
+                reopen_run_id=resumed.run_id if resumed else None,
+            ) as run,
         ):
-            _record_start(run, cfg, output_dir, git)
+            if not resumed:
+                _record_start(run, cfg, output_dir, git)
             if job:
                 run.log_params(job.params())
-            parts.trainer.loggers = [run.lightning_logger()]
+            parts.trainer.loggers = [run.lightning_logger(with_history=bool(resumed))]
             try:
-                result = _fit_and_test(cfg, parts, output_dir)
+                checkpoint = resumed.checkpoint if resumed else None
+                result = _fit_and_test(cfg, parts, output_dir, checkpoint)
             except pruned_errors as exc:
                 pruned = exc
                 _record_pruned(run, parts, exc, output_dir)
@@ -225,9 +289,11 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
         run.log_text(git.diff, "git/diff.patch")
 
 
-def _fit_and_test(cfg: DictConfig, parts, output_dir: Path) -> dict:
+def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:
     trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
-    trainer.fit(task, datamodule=datamodule)
+    # weights_only: a checkpoint holds tensors and plain values only (RNG states included), so
+    # resuming never unpickles code
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
     checkpoint = trainer.checkpoint_callback

@@ -12,7 +12,7 @@ shards keep every sample once, so metrics synced across ranks cover the whole sp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -32,6 +32,7 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         equal_shards: bool = False,
+        epoch_source: Callable[[], int] | None = None,
     ):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
@@ -45,6 +46,10 @@ class TensorBatches:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
+        # Where the epoch number comes from (the Trainer's current epoch): a run resumed at
+        # epoch k must shuffle epoch k as an uninterrupted run does, not as epoch 0. Without a
+        # source, each pass over the batches counts as the next epoch.
+        self.epoch_source = epoch_source
         self.epoch = 0
 
     def _shard_size(self) -> int:
@@ -74,6 +79,8 @@ class TensorBatches:
         return order[self.rank :: self.world_size][: self._shard_size()]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.epoch_source is not None:
+            self.epoch = self.epoch_source()
         order = self.indices(self.epoch)
         self.epoch += 1
         stop = min(len(self) * self.batch_size, self._shard_size())

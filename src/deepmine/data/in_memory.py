@@ -132,6 +132,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
             equal_shards=split == "train",
+            epoch_source=(lambda: trainer.current_epoch) if trainer and shuffle else None,
         )
 
     def train_dataloader(self) -> TensorBatches:

@@ -53,9 +53,22 @@ class ClassificationTask(pl.LightningModule):
         return self.net(x)
 
     def on_train_start(self) -> None:
-        # The sanity check ran validation before training; it must not count as a best.
+        # The sanity check ran validation before training; it must not count as a best. A run
+        # resumed from a checkpoint keeps the best it had (restored in on_load_checkpoint).
         self.val_metrics.reset()
+        if self.trainer.current_epoch == 0:
+            self.val_acc_best.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # torchmetrics states are not in the state_dict; without this a resumed run would
+        # forget its best validation accuracy so far.
+        if self.val_acc_best.update_count:
+            checkpoint["deepmine_val_acc_best"] = float(self.val_acc_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_acc_best.reset()
+        if "deepmine_val_acc_best" in checkpoint:
+            self.val_acc_best.update(torch.tensor(checkpoint["deepmine_val_acc_best"]))
 
     def _step(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
         x, y = batch

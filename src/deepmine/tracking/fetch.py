@@ -8,8 +8,8 @@ from deepmine.errors import DeepmineError
 from deepmine.tracking.store import Store
 
 
-def recorded_config_and_checkpoint(store: Store, run_id: str, dest: Path) -> tuple[Path, Path]:
-    """Download `config/config.yaml` and the checkpoint of run `run_id` into `dest`."""
+def get_run(store: Store, run_id: str):
+    """The MLflow run `run_id`, refused in one line when unknown or deleted."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -20,6 +20,29 @@ def recorded_config_and_checkpoint(store: Store, run_id: str, dest: Path) -> tup
         ) from exc
     if run.info.lifecycle_stage == "deleted":
         raise DeepmineError(f"MLflow run '{run_id}' is deleted", "restore it or pick another run")
+    return run
+
+
+def recorded_overrides(store: Store, run_id: str, dest: Path) -> list[str]:
+    """The command-line overrides run `run_id` was composed with (its config/overrides.yaml)."""
+    import yaml
+
+    get_run(store, run_id)
+    names = {a.path for a in store.client.list_artifacts(run_id, "config")}
+    if "config/overrides.yaml" not in names:
+        raise DeepmineError(
+            f"run '{run_id}' has no config/overrides.yaml artifact (not recorded by deepmine "
+            "train?)",
+            "pick a run recorded by deepmine train",
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    path = store.client.download_artifacts(run_id, "config/overrides.yaml", str(dest))
+    return [str(o) for o in (yaml.safe_load(Path(path).read_text()) or [])]
+
+
+def recorded_config_and_checkpoint(store: Store, run_id: str, dest: Path) -> tuple[Path, Path]:
+    """Download `config/config.yaml` and the checkpoint of run `run_id` into `dest`."""
+    get_run(store, run_id)
     names = {a.path for a in store.client.list_artifacts(run_id, "config")}
     if "config/config.yaml" not in names:
         raise DeepmineError(

@@ -65,10 +65,17 @@ class RecordedRun:
     def log_json(self, data: dict, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
-    def lightning_logger(self):
+    def lightning_logger(self, with_history: bool = False):
+        """A Lightning logger streaming into this run; `with_history` preloads the metrics the
+        run already has (a resumed run draws its learning curves from the start)."""
         from deepmine.tracking.logger import MlflowRunLogger
 
-        return MlflowRunLogger(self.client, self.run_id, self.experiment_name)
+        logger = MlflowRunLogger(self.client, self.run_id, self.experiment_name)
+        if with_history:
+            for key in self.client.get_run(self.run_id).data.metrics:
+                points = self.client.get_metric_history(self.run_id, key)
+                logger.history[key] = [(p.step, p.value) for p in points]
+        return logger
 
 
 @contextlib.contextmanager

@@ -1,0 +1,68 @@
+"""`deepmine train resume=<run id>`: an interrupted run continues from its last checkpoint into
+the same MLflow run and ends with exactly the metrics of an uninterrupted run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import deepmine_env, one_line_error
+
+CONFIG = ("data=digits", "data.batch_size=8", "trainer.max_epochs=6", "print_config=false")
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(sandbox):
+    reference = sandbox.train(*CONFIG)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (uninterrupted,) = sandbox.runs()
+    before = {p.parent.parent for p in sandbox.logs.glob("train/runs/*/*/checkpoints/last.ckpt")}
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "deepmine", "train", *sandbox.overrides(*CONFIG)],
+        cwd=sandbox.cwd,
+        env=deepmine_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (
+        {p.parent.parent for p in sandbox.logs.glob("train/runs/*/*/checkpoints/last.ckpt")}
+        - before
+    ):
+        assert run.poll() is None, run.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)  # after the first epoch's checkpoint, mid-training
+    assert run.wait(timeout=60) == 130
+    interrupted = next(r for r in sandbox.runs() if r.info.run_id != uninterrupted.info.run_id)
+    assert interrupted.info.status == "KILLED"
+
+    resumed = sandbox.train(f"resume={interrupted.info.run_id}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = {r.info.run_id: r for r in sandbox.runs()}
+    assert len(runs) == 2, "resume continues the same run"
+    after = runs[interrupted.info.run_id]
+    assert after.info.status == "FINISHED"
+    assert after.data.tags["deepmine.resumed.checkpoint"].endswith("last.ckpt")
+    assert after.data.metrics == uninterrupted.data.metrics  # every final metric, exactly
+    client = sandbox.client()
+
+    def steps(run_id):
+        return sorted({m.step for m in client.get_metric_history(run_id, "val/acc")})
+
+    assert steps(after.info.run_id) == steps(uninterrupted.info.run_id)
+
+
+def test_resume_refuses_unknown_and_finished_runs(sandbox):
+    proc = sandbox.train("data=digits", "resume=0123456789abcdef0123456789abcdef")
+    assert proc.returncode == 2
+    assert "no MLflow run '0123456789abcdef0123456789abcdef'" in one_line_error(proc)
+    done = sandbox.train("data=digits", "debug=fast")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = sandbox.runs()
+    proc = sandbox.train(f"resume={run.info.run_id}")
+    assert proc.returncode == 2
+    assert "already FINISHED: nothing to resume" in one_line_error(proc)
