@@ -102,3 +102,49 @@ def test_a_claim_missing_a_field_names_it(sandbox):
     proc = reproduce(sandbox, "fashion_mnist_logreg", "claim.seeds=[]")
     assert "seeds must be a non-empty list of integers" in one_line_error(proc)
     assert sandbox.runs("fashion_mnist_logreg") == []
+
+
+def test_reproduce_run_reexecutes_a_recorded_run_identically(sandbox):
+    done = sandbox.train("data=digits", "debug=fast", "seed=7")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (original,) = sandbox.runs()
+    proc = run_cli(
+        "reproduce", "run", original.info.run_id, "--tracking-uri", sandbox.uri, cwd=sandbox.cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all metrics identical: run" in proc.stdout
+    again = next(r for r in sandbox.runs() if r.info.run_id != original.info.run_id)
+    assert again.data.tags["reproduces"] == original.info.run_id
+    assert again.data.params["seed"] == "7"
+    assert again.data.metrics == original.data.metrics
+    assert "test/acc" in proc.stdout and "identical" in proc.stdout
+
+
+def test_reproduce_run_refuses_what_it_cannot_reproduce(sandbox):
+    def attempt(run_id):
+        return run_cli("reproduce", "run", run_id, "--tracking-uri", sandbox.uri, cwd=sandbox.cwd)
+
+    done = sandbox.train("debug=fast")  # fashion_mnist: DVC-tracked data
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = sandbox.runs()
+    client = sandbox.client()
+
+    proc = attempt("0123456789abcdef0123456789abcdef")
+    assert proc.returncode == 2 and "no MLflow run" in one_line_error(proc)
+
+    bare = client.create_run(run.info.experiment_id).info.run_id
+    client.set_terminated(bare)
+    proc = attempt(bare)
+    assert proc.returncode == 2 and "without a config artifact" in one_line_error(proc)
+
+    client.set_tag(run.info.run_id, "deepmine.data.md5", "00000000000000000000000000000000.dir")
+    proc = attempt(run.info.run_id)
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert "trained on data version 00000000000000000000000000000000.dir" in line
+    assert "deepmine data pull --force" in line
+
+    client.delete_run(bare)
+    proc = attempt(bare)
+    assert proc.returncode == 2 and "is deleted" in one_line_error(proc)
+    assert len(sandbox.runs()) == 1, "refusals start no run"

@@ -47,17 +47,7 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Claim,
             f"unknown experiment '{name}' (available: {', '.join(names) or 'none'})",
             "pick one of them, or add experiments/<name>.yaml",
         )
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from deepmine.config import register_resolvers
-    from deepmine.project import config_dir
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}", *overrides])
-    GlobalHydra.instance().clear()
+    cfg = compose_train([f"experiment={name}", *overrides])
     raw = cfg.get("claim")
     if not raw:
         raise DeepmineError(
@@ -71,6 +61,23 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Claim,
             f"add {', '.join(missing)} under claim:",
         )
     return _checked(name, raw), cfg
+
+
+def compose_train(overrides: list[str]):
+    """conf/train.yaml composed with `overrides`, outside any Hydra run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepmine.config import register_resolvers
+    from deepmine.project import config_dir
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _checked(name: str, raw) -> Claim:

@@ -25,6 +25,9 @@ commands:
                       published number (exit 1 outside tolerance), report
   reproduce --all [--only a,b]
                       every claim; regenerates REPRODUCTION.md
+  reproduce run <run id> [--checkout] [--tracking-uri URI]
+                      re-execute a recorded run (its overrides, seed, data version; its
+                      git commit with --checkout) and diff every final metric
   ui [--port N]       serve the MLflow UI on the project's tracking store
 
 examples:
@@ -133,11 +136,23 @@ def _reproduce(args: list[str]) -> int:
     parser.add_argument("--all", action="store_true", help="every claim; writes REPRODUCTION.md")
     parser.add_argument("--only", help="with --all: a comma-separated selection of claims")
     parser.add_argument("--launcher", help="run the seeds through launcher=<name> (e.g. joblib)")
+    parser.add_argument(
+        "--checkout", action="store_true", help="reproduce run: run the recorded git commit"
+    )
+    parser.add_argument("--tracking-uri", help="reproduce run: the store (default: the project's)")
     ns = parser.parse_args(args)
     from deepmine import claims
     from deepmine.errors import DeepmineError
-    from deepmine.reproduce import reproduce, reproduce_all
+    from deepmine.reproduce import reproduce, reproduce_all, reproduce_run
 
+    if ns.experiment == "run":
+        if len(ns.overrides) != 1:
+            raise DeepmineError(
+                "reproduce run needs exactly one MLflow run id",
+                "e.g. deepmine reproduce run 2714f57307b845b5a2411407e0f7bdf9",
+            )
+        same = reproduce_run(ns.overrides[0], ns.tracking_uri, ns.checkout)
+        return 0 if same else EXIT_FAILED
     if ns.all:
         overrides = [ns.experiment, *ns.overrides] if ns.experiment else ns.overrides
         names = ns.only.split(",") if ns.only else claims.available()

@@ -13,8 +13,10 @@ REPRODUCTION.md at the project root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -278,3 +280,170 @@ def _reproduction_md(rows: dict, total_s: float, rerun: list[str]) -> str:
         _RESULTS_MARK + json.dumps(rows, sort_keys=True) + " -->",
     ]
     return "\n".join(lines) + "\n"
+
+
+# --- deepmine reproduce run <run_id> ------------------------------------------------------
+
+
+@dataclass
+class RunCheck:
+    """What differs between a recorded run's origin and this checkout."""
+
+    warnings: list[str] = field(default_factory=list)
+    version_diffs: list[tuple[str, str, str]] = field(default_factory=list)  # pkg, then, now
+
+
+def reproduce_run(run_id: str, tracking_uri: str | None, checkout: bool) -> bool:
+    """Re-execute recorded run `run_id` from what MLflow holds and compare every final metric;
+    True when all are identical."""
+    import tempfile
+
+    from deepmine.tracking.fetch import get_run, recorded_overrides
+    from deepmine.tracking.store import connect
+
+    root = project_root()
+    store = connect(tracking_uri or _default_tracking_uri())
+    run = get_run(store, run_id)
+    names = {a.path for a in store.client.list_artifacts(run_id, "config")}
+    if "config/config.yaml" not in names:
+        raise DeepmineError(
+            f"run {run_id} was recorded without a config artifact (config/config.yaml)",
+            "only runs recorded by deepmine train can be re-executed",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = recorded_overrides(store, run_id, Path(tmp))
+    tags = run.data.tags
+    check = _check_origin(tags, root, checkout)
+    for line in check.warnings:
+        print(f"warning: {line}", flush=True)
+    if check.version_diffs:
+        print("package versions differ from the run's:", flush=True)
+        for name, then, now in check.version_diffs:
+            print(f"  {name:14} {then:>14} -> {now}", flush=True)
+    command = [
+        "train",
+        *overrides,
+        f"logger.tracking_uri={store.uri}",
+        f"+tags.reproduces={run_id}",
+    ]
+    print(f"re-running  deepmine {' '.join(command)}", flush=True)
+    env = None
+    with contextlib.ExitStack() as stack:
+        if checkout:
+            commit = tags.get("deepmine.git.commit", "unknown")
+            worktree = stack.enter_context(_worktree(root, commit))
+            env = {**os.environ, "PYTHONPATH": str(worktree / "src"), "DEEPMINE_ROOT": str(root)}
+            print(f"checked out {commit} in {worktree}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "deepmine", *command], env=env, check=False)
+    if done.returncode != 0:
+        raise DeepmineError(
+            f"the re-run of {run_id} failed (exit {done.returncode})", "see its error above"
+        )
+    again = store.client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.reproduces = '{run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    return _print_metric_diff(run, again)
+
+
+def _default_tracking_uri() -> str:
+    from deepmine.claims import compose_train
+
+    return compose_train([]).logger.tracking_uri
+
+
+def _check_origin(tags: dict, root: Path, checkout: bool) -> RunCheck:
+    from deepmine.data.version import DVC_FILE, check, read_pin
+    from deepmine.lineage import git_state, package_versions
+
+    result = RunCheck()
+    commit = tags.get("deepmine.git.commit", "unknown")
+    if not checkout:
+        git = git_state(root)
+        if git.commit != commit or git.dirty:
+            state = f"{git.commit or 'no commit'}{' (dirty)' if git.dirty else ''}"
+            result.warnings.append(
+                f"the run was recorded at commit {commit}; this tree is at {state}: results "
+                "may differ (--checkout runs the recorded commit in a git worktree)"
+            )
+    if tags.get("deepmine.data.dvc_tracked") == "true":
+        recorded = tags.get("deepmine.data.md5", "unknown")
+        pinned = read_pin(root).md5 if (root / DVC_FILE).is_file() else "none"
+        if recorded != pinned:
+            raise DeepmineError(
+                f"the run trained on data version {recorded}; data.dvc pins {pinned}",
+                f"restore that version with DVC: `git checkout {commit} -- data.dvc && "
+                "deepmine data pull --force`, then re-run",
+            )
+        state = check(root)
+        if not state.matches:
+            raise DeepmineError(
+                "data/ does not match data.dvc", "run `deepmine data pull --force` first"
+            )
+    now = package_versions()
+    for name, version in sorted(now.items()):
+        then = tags.get(f"deepmine.version.{name}")
+        if then is not None and then != version and name != "deepmine":
+            result.version_diffs.append((name, then, version))
+    threads = tags.get("deepmine.torch.num_threads")
+    if threads:
+        import torch
+
+        here = torch.get_num_threads()
+        if threads != str(here):
+            result.warnings.append(
+                f"the run used {threads} torch threads, this machine gives {here}: float sums "
+                "may differ in the last digits"
+            )
+    return result
+
+
+@contextlib.contextmanager
+def _worktree(root: Path, commit: str):
+    import tempfile
+
+    if commit == "unknown":
+        raise DeepmineError("the run recorded no git commit", "re-run it without --checkout")
+    with tempfile.TemporaryDirectory(prefix="deepmine-reproduce-") as tmp:
+        path = Path(tmp) / commit[:12]
+        added = subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", str(path), commit],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if added.returncode != 0:
+            raise DeepmineError(
+                f"cannot check out commit {commit}: {added.stderr.strip().splitlines()[-1:]}",
+                "fetch the commit (git fetch) or re-run without --checkout",
+            )
+        try:
+            yield path
+        finally:
+            subprocess.run(
+                ["git", "-C", str(root), "worktree", "remove", "--force", str(path)],
+                capture_output=True,
+                check=False,
+            )
+
+
+def _print_metric_diff(original, again) -> bool:
+    before, after = original.data.metrics, again.data.metrics
+    keys = sorted(set(before) | set(after))
+    identical = True
+    lines = [
+        f"{'metric':24} {'original':>12} {'reproduced':>12} {'difference':>12}",
+    ]
+    for key in keys:
+        a, b = before.get(key), after.get(key)
+        same = a == b
+        identical &= same
+        diff = "identical" if same else ("missing" if a is None or b is None else f"{b - a:+.3g}")
+        shown = [f"{v:12.6f}" if v is not None else f"{'-':>12}" for v in (a, b)]
+        lines.append(f"{key:24} {shown[0]} {shown[1]} {diff:>12}")
+    print("\n".join(lines), flush=True)
+    verdict = "all metrics identical" if identical else "metrics differ"
+    print(f"{verdict}: run {again.info.run_id} re-ran {original.info.run_id}", flush=True)
+    return identical
