@@ -31,6 +31,7 @@ from deepmine.project import project_root
 
 REPORT_FILE = "REPRODUCTION.md"
 _RESULTS_MARK = "<!-- deepmine:results "
+_NOTES = "## Notes"
 
 
 @dataclass
@@ -231,23 +232,28 @@ def reproduce_all(names: list[str], overrides: list[str], launcher: str | None) 
     outcomes = [reproduce(name, overrides, launcher) for name in names]
     total = time.perf_counter() - started
     path = project_root() / REPORT_FILE
-    rows = _previous_rows(path)
+    rows, notes = _previous(path)
     rows.update({o.claim.name: _row(o) for o in outcomes})
-    path.write_text(_reproduction_md(rows, total, names))
+    path.write_text(_reproduction_md(rows, total, names, notes))
     print(f"wrote      {path} ({len(outcomes)} claims in {total / 60:.1f} min)", flush=True)
     return outcomes
 
 
-def _previous_rows(path: Path) -> dict:
+def _previous(path: Path) -> tuple[dict, str]:
+    """The rows of the last REPRODUCTION.md (kept for claims not rerun) and its hand-written
+    `## Notes` section (the explanation of each verdict), kept verbatim."""
     if not path.is_file():
-        return {}
-    for line in path.read_text().splitlines():
+        return {}, ""
+    text = path.read_text()
+    rows = {}
+    for line in text.splitlines():
         if line.startswith(_RESULTS_MARK):
-            return json.loads(line[len(_RESULTS_MARK) : -len(" -->")])
-    return {}
+            rows = json.loads(line[len(_RESULTS_MARK) : -len(" -->")])
+    notes = text[text.index(_NOTES) :].split(_RESULTS_MARK)[0] if _NOTES in text else ""
+    return rows, notes.rstrip() + "\n" if notes else ""
 
 
-def _reproduction_md(rows: dict, total_s: float, rerun: list[str]) -> str:
+def _reproduction_md(rows: dict, total_s: float, rerun: list[str], notes: str = "") -> str:
     lines = [
         "# Reproduction",
         "",
@@ -277,6 +283,9 @@ def _reproduction_md(rows: dict, total_s: float, rerun: list[str]) -> str:
         "",
         f"Last `--all` run: {', '.join(rerun)} in {total_s / 60:.1f} min.",
         "",
+        notes
+        or f"{_NOTES}\n\n(Explain each verdict here; this section is kept when the "
+        "table is regenerated.)\n",
         _RESULTS_MARK + json.dumps(rows, sort_keys=True) + " -->",
     ]
     return "\n".join(lines) + "\n"
