@@ -38,6 +38,19 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subproce
     )
 
 
+def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen:
+    """`python -m deepmine <args>` started in the background (to be signalled mid-run); its
+    stderr is kept for the failure message."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "deepmine", *args],
+        cwd=cwd,
+        env=deepmine_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 class Sandbox:
     """A temporary working directory, MLflow store and Hydra output folder."""
 

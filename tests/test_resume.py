@@ -4,11 +4,9 @@ the same MLflow run and ends with exactly the metrics of an uninterrupted run.""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
-from conftest import deepmine_env, one_line_error
+from conftest import one_line_error, start_cli
 
 CONFIG = ("data=digits", "data.batch_size=8", "trainer.max_epochs=6", "print_config=false")
 
@@ -19,14 +17,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(sandbox):
     (uninterrupted,) = sandbox.runs()
     before = {p.parent.parent for p in sandbox.logs.glob("train/runs/*/*/checkpoints/last.ckpt")}
 
-    run = subprocess.Popen(
-        [sys.executable, "-m", "deepmine", "train", *sandbox.overrides(*CONFIG)],
-        cwd=sandbox.cwd,
-        env=deepmine_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = start_cli("train", *sandbox.overrides(*CONFIG), cwd=sandbox.cwd)
     deadline = time.monotonic() + 120
     while not (
         {p.parent.parent for p in sandbox.logs.glob("train/runs/*/*/checkpoints/last.ckpt")}

@@ -7,14 +7,12 @@ import contextlib
 import csv
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 
-from conftest import deepmine_env, one_line_error, run_cli
+from conftest import one_line_error, run_cli, start_cli
 
 FAST = ("data=digits", "debug=fast")
 PARENT = "mlflow.parentRunId"
@@ -149,14 +147,7 @@ def test_optuna_search_killed_and_resumed_ends_with_all_trials_and_one_parent(sa
             "hydra.sweeper.pruner=null",
         ),
     ]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "deepmine", *args],
-        cwd=sandbox.cwd,
-        env=deepmine_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_cli(*args, cwd=sandbox.cwd)
     deadline = time.monotonic() + 240
     while _complete(storage) < 2:
         assert first.poll() is None, first.stderr.read()[-3000:]

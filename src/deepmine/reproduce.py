@@ -110,15 +110,16 @@ def reproduce(name: str, overrides: list[str] = (), launcher: str | None = None)
             f"the runs of '{name}' could not start (exit {done.returncode})",
             "see the error above",
         )
-    _collect(outcome, sweep_dir)
-    _report(outcome, sweep_dir)
+    store, parent_run_id = _sweep_store(sweep_dir)
+    _collect(outcome, store, parent_run_id)
+    _report(outcome, store, sweep_dir)
     return outcome
 
 
-def _collect(outcome: Outcome, sweep_dir: Path) -> None:
+def _sweep_store(sweep_dir: Path):
+    """The store of the sweep recorded in `sweep_dir`, and its parent run id."""
     from deepmine.sweeps.record import SweepInfo
     from deepmine.tracking.store import connect
-    from deepmine.tracking.sweep import child_runs
 
     info = SweepInfo.load(sweep_dir)
     if info is None or not info.parent_run_id:
@@ -126,10 +127,15 @@ def _collect(outcome: Outcome, sweep_dir: Path) -> None:
             f"no recorded sweep in {sweep_dir}",
             "reproduce needs the MLflow logger (drop logger=none)",
         )
-    store = connect(info.tracking_uri)
-    parent = store.client.get_run(info.parent_run_id)
-    outcome.parent_run_id = info.parent_run_id
-    children = child_runs(store, parent.info.experiment_id, info.parent_run_id)
+    return connect(info.tracking_uri), info.parent_run_id
+
+
+def _collect(outcome: Outcome, store, parent_run_id: str) -> None:
+    from deepmine.tracking.sweep import child_runs
+
+    parent = store.client.get_run(parent_run_id)
+    outcome.parent_run_id = parent_run_id
+    children = child_runs(store, parent.info.experiment_id, parent_run_id)
     seeds = outcome.claim.seeds
     for job, seed in enumerate(seeds):
         child = children.get(job)
@@ -142,9 +148,8 @@ def _collect(outcome: Outcome, sweep_dir: Path) -> None:
             outcome.values[seed] = value
 
 
-def _report(outcome: Outcome, sweep_dir: Path) -> None:
+def _report(outcome: Outcome, store, sweep_dir: Path) -> None:
     from deepmine.plots import reproduction_png
-    from deepmine.tracking.store import connect
     from deepmine.tracking.sweep import set_tags
 
     folder = sweep_dir / "reproduction"
@@ -160,9 +165,6 @@ def _report(outcome: Outcome, sweep_dir: Path) -> None:
         folder / "chart.png",
     )
     (folder / "outcome.json").write_text(json.dumps(_row(outcome), indent=2))
-    from deepmine.sweeps.record import SweepInfo
-
-    store = connect(SweepInfo.load(sweep_dir).tracking_uri)
     for path in (markdown, chart, folder / "outcome.json"):
         store.client.log_artifact(outcome.parent_run_id, str(path), "reproduction")
     set_tags(

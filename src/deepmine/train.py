@@ -142,15 +142,16 @@ def _recorded(
     output_dir = Path(cfg.paths.output_dir)
     pip_freeze = start_pip_freeze()
     git = git_state(Path(cfg.paths.root_dir))
-    tags = _start_tags(cfg, overrides, seed, data_tags, git)
-    if job:
-        tags.update(job.tags())
     if resumed:  # the run keeps the tags of its start; the resume adds its own
         tags = {
             "deepmine.resumed.checkpoint": str(resumed.checkpoint),
             "deepmine.resumed.argv": " ".join(sys.argv),
             "deepmine.resumed.git.commit": git.commit or "unknown",
         }
+    else:
+        tags = _start_tags(cfg, overrides, seed, data_tags, git)
+    if job:
+        tags.update(job.tags())
     run_name = cfg.logger.run_name or _run_name(HydraConfig.get(), overrides)
     run = None
     pruned = None
