@@ -144,8 +144,7 @@ def test_val_split_is_fixed_by_split_seed_not_by_seed(tmp_path):
 @pytest.mark.parametrize("normalize", ["scale", "standardize", "none"])
 def test_normalize_options(tmp_path, normalize):
     dm = instantiate(compose_cfg(tmp_path, "data=digits", f"data.normalize={normalize}").data)
-    dm.setup()
-    x = dm.tensors["train"][0]
+    x = dm.normalized("train")[0]
     if normalize == "scale":
         assert float(x.max()) == 1.0 and float(x.min()) == 0.0
     elif normalize == "standardize":
@@ -225,6 +224,7 @@ def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
         "LearningRateMonitor",
         "StopOnNonFiniteLoss",
         "RngStateInCheckpoint",
+        "EpochTimer",
     }
     for key in cfg.callbacks:
         left = build_callbacks(compose_cfg(tmp_path, f"callbacks.{key}=null"))

@@ -5,9 +5,14 @@ only watches its monitored metric (validation accuracy stays finite while the we
 the argmax of NaN logits is class 0). A diverged run should fail loudly, be recorded FAILED
 with the step where it happened, and in a sweep let the next job start instead of burning its
 remaining epochs.
+
+`EpochTimer`: Lightning's `Timer` callback only keeps running totals per stage; comparing runs
+(and frameworks, see benchmarks/) needs the wall time of each epoch.
 """
 
 from __future__ import annotations
+
+import time
 
 import lightning.pytorch as pl
 import torch
@@ -20,33 +25,40 @@ class NonFiniteLoss(FloatingPointError):
 class StopOnNonFiniteLoss(pl.Callback):
     """Raise `NonFiniteLoss` when the training loss is NaN/inf.
 
-    Checked every `check_every_n_steps` steps (each check is one host sync, so not every step)
-    and on the epoch's mean loss at the end of every epoch, which catches a NaN in any step.
+    Every step's loss is added to a running sum on the device (no host sync; NaN and inf
+    propagate through a sum); the sum is read every `check_every_n_steps` steps and at the end
+    of every epoch, so a NaN in any step is caught within `check_every_n_steps` steps, without a
+    sync on every step.
     """
 
-    def __init__(self, check_every_n_steps: int = 50, metric: str = "train/loss_epoch"):
+    def __init__(self, check_every_n_steps: int = 50):
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self.metric = metric
+        self._loss_sum: torch.Tensor | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._loss_sum = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.check_every_n_steps:
-            return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
-            raise NonFiniteLoss(
-                f"training loss is {loss.item()} at step {trainer.global_step}: the run diverged "
-                "(lower optimizer.lr, or add gradient clipping: trainer.gradient_clip_val=1.0)"
-            )
+        if not isinstance(loss, torch.Tensor):
+            return
+        if self._loss_sum is None:
+            self._loss_sum = loss.detach().sum().clone()
+        else:
+            self._loss_sum.add_(loss.detach().sum())
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(f"at or before step {trainer.global_step}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        value = trainer.callback_metrics.get(self.metric)
-        if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+        self._check(f"in epoch {trainer.current_epoch}")
+
+    def _check(self, where: str) -> None:
+        if self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum)):
             raise NonFiniteLoss(
-                f"{self.metric} is {value.item()} after epoch {trainer.current_epoch}: the run "
-                "diverged (lower optimizer.lr, or add gradient clipping: "
-                "trainer.gradient_clip_val=1.0)"
+                f"training loss became NaN/inf {where}: the run diverged (lower optimizer.lr, "
+                "or add gradient clipping: trainer.gradient_clip_val=1.0)"
             )
 
 
@@ -88,3 +100,22 @@ class RngStateInCheckpoint(pl.Callback):
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochTimer(pl.Callback):
+    """Wall time of every training epoch, its validation pass included, logged as
+    `time/epoch_s` and kept in `epoch_seconds` (written to the run's metrics.json)."""
+
+    def __init__(self):
+        self.epoch_seconds: list[float] = []
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._start is None:
+            return
+        seconds = time.perf_counter() - self._start
+        self.epoch_seconds.append(seconds)
+        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)

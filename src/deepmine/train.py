@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,11 @@ def _recorded(
                 _record_start(run, cfg, output_dir, git)
             if job:
                 run.log_params(job.params())
-            parts.trainer.loggers = [run.lightning_logger(with_history=bool(resumed))]
+            parts.trainer.loggers = [
+                run.lightning_logger(
+                    with_history=bool(resumed), flush_every_s=cfg.logger.get("flush_every_s", 5)
+                )
+            ]
             try:
                 checkpoint = resumed.checkpoint if resumed else None
                 result = _fit_and_test(cfg, parts, output_dir, checkpoint)
@@ -291,10 +296,14 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
 
 
 def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:
+    from deepmine.callbacks import EpochTimer
+
     trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
     # weights_only: a checkpoint holds tensors and plain values only (RNG states included), so
     # resuming never unpickles code
+    started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    fit_seconds = time.perf_counter() - started
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
     checkpoint = trainer.checkpoint_callback
@@ -316,6 +325,10 @@ def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) ->
         "confusion": task.test_confusion,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "fit_seconds": fit_seconds,
+        "epoch_seconds": next(
+            (c.epoch_seconds for c in trainer.callbacks if isinstance(c, EpochTimer)), []
+        ),
     }
     (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
     return result
@@ -328,6 +341,10 @@ def _summary(cfg: DictConfig, result: dict) -> dict:
         "epochs": result["epochs"],
         "global_step": result["global_step"],
         "best_checkpoint": result["best_checkpoint"],
+        # wall time of trainer.fit (sanity check, training, validation, checkpoints) and of
+        # each epoch (training and validation): what benchmarks/ compares
+        "fit_seconds": result["fit_seconds"],
+        "epoch_seconds": result["epoch_seconds"],
     }
 
 

@@ -1,4 +1,15 @@
-"""Supervised classification: any net, any loss, optimizer and scheduler from config."""
+"""Supervised classification: any net, any loss, optimizer and scheduler from config.
+
+The training step is the hot path, so it does no more than a hand-written loop would: the loss,
+a confusion-count update and a running loss sum, all tensor ops with no host sync. Everything
+else happens once per epoch. Measured on the seed MLP at batch 32 (0.32 ms a step by hand), one
+`self.log` call cost about 0.5 ms in Lightning 2.6 (each call moves its whole result entry to
+the device again) and a torchmetrics accuracy + F1 update 0.09 ms (a confusion-matrix update
+0.03 ms), so the step logs only on the steps the logger writes (every
+`trainer.log_every_n_steps`) and the train metrics come from confusion counts kept with one
+`bincount` (0.007 ms) and turned into scores at the epoch end. Validation and test batches are
+few and large, so they keep the torchmetrics collection.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +53,15 @@ class ClassificationTask(pl.LightningModule):
                 "f1_macro": MulticlassF1Score(num_classes, average="macro"),
             }
         )
-        self.train_metrics = metrics.clone(prefix="train/")
+        self.num_classes = num_classes
+        # confusion counts of the epoch's training batches (rows: true class)
+        self.register_buffer(
+            "train_counts",
+            torch.zeros(num_classes * num_classes, dtype=torch.long),
+            persistent=False,
+        )
+        self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("train_samples", torch.zeros((), dtype=torch.long), persistent=False)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_acc_best = MaxMetric()
@@ -51,6 +70,15 @@ class ClassificationTask(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets `_current_fx_name` around every hook it calls, about 47 times per
+        # training step; `nn.Module.__setattr__` costs ~1 µs per call (it searches the
+        # parameter, buffer and module dicts), a plain attribute needs none of that.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def on_train_start(self) -> None:
         # The sanity check ran validation before training; it must not count as a best. A run
@@ -70,27 +98,46 @@ class ClassificationTask(pl.LightningModule):
         if "deepmine_val_acc_best" in checkpoint:
             self.val_acc_best.update(torch.tensor(checkpoint["deepmine_val_acc_best"]))
 
-    def _step(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
+    def on_train_epoch_start(self) -> None:
+        self.train_counts.zero_()
+        self.train_loss_sum.zero_()
+        self.train_samples.zero_()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
-        metrics.update(logits, y)
-        if stage == "train":
-            # `train/loss` every log_every_n_steps; its epoch mean as `train/loss_epoch`
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)
-        else:
-            self.log(
-                f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True
-            )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        detached = loss.detach()
+        predicted = logits.detach().argmax(1)
+        self.train_counts.add_(
+            torch.bincount(y * self.num_classes + predicted, minlength=len(self.train_counts))
+        )
+        self.train_loss_sum.add_(detached * len(y))
+        self.train_samples.add_(len(y))
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # the steps Lightning's logger connector writes; logging on the others is discarded
+            self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.train_metrics, "train")
+    def on_train_epoch_end(self) -> None:
+        """`train/loss_epoch` (sample-weighted mean), `train/acc`, `train/f1_macro`, summed
+        over ranks under DDP."""
+        counts = self.train_counts.clone()
+        loss_sum, samples = self.train_loss_sum.clone(), self.train_samples.clone()
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(0)
+            loss_sum = self.all_gather(loss_sum).sum()
+            samples = self.all_gather(samples).sum()
+        counts = counts.view(self.num_classes, self.num_classes)
+        self.log("train/loss_epoch", loss_sum / samples.clamp_min(1))
+        self.log_dict({f"train/{k}": v for k, v in confusion_scores(counts).items()})
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
+        x, y = batch
+        logits = self(x)
+        self.val_metrics.update(logits, y)
+        self.log("val/loss", self.loss_fn(logits, y), prog_bar=True, sync_dist=True)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_metrics["acc"].compute())
@@ -117,3 +164,20 @@ class ClassificationTask(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def confusion_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Micro accuracy and macro F1 from a confusion matrix (rows: true class, columns:
+    predicted), defined as torchmetrics' MulticlassAccuracy(average="micro") and
+    MulticlassF1Score(average="macro") are: classes absent from both targets and predictions
+    are left out of the macro mean."""
+    counts = counts.to(torch.float64)
+    true_positives = counts.diagonal()
+    predicted, actual = counts.sum(0), counts.sum(1)
+    total = counts.sum()
+    accuracy = true_positives.sum() / total.clamp_min(1)
+    denominator = predicted + actual
+    f1 = torch.where(denominator > 0, 2 * true_positives / denominator.clamp_min(1), 0.0)
+    present = denominator > 0
+    macro_f1 = f1[present].mean() if present.any() else torch.zeros((), dtype=torch.float64)
+    return {"acc": accuracy.float(), "f1_macro": macro_f1.float()}
