@@ -30,6 +30,7 @@ class RecordedRun:
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id
         self.end_status = "FINISHED"
+        self.loggers: list = []
 
     def fail(self, reason: str) -> None:
         """Close the run FAILED when its block ends, without an exception (a sweep whose jobs
@@ -65,17 +66,24 @@ class RecordedRun:
     def log_json(self, data: dict, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
-    def lightning_logger(self, with_history: bool = False):
-        """A Lightning logger streaming into this run; `with_history` preloads the metrics the
-        run already has (a resumed run draws its learning curves from the start)."""
+    def lightning_logger(self, with_history: bool = False, flush_every_s: float = 5.0):
+        """A Lightning logger streaming into this run, flushed before the run closes;
+        `with_history` preloads the metrics the run already has (a resumed run draws its
+        learning curves from the start)."""
         from deepmine.tracking.logger import MlflowRunLogger
 
-        logger = MlflowRunLogger(self.client, self.run_id, self.experiment_name)
+        logger = MlflowRunLogger(self.client, self.run_id, self.experiment_name, flush_every_s)
+        self.loggers.append(logger)
         if with_history:
             for key in self.client.get_run(self.run_id).data.metrics:
                 points = self.client.get_metric_history(self.run_id, key)
                 logger.history[key] = [(p.step, p.value) for p in points]
         return logger
+
+    def flush(self) -> None:
+        """Wait until every metric the run's loggers were given is in the store."""
+        for logger in self.loggers:
+            logger.flush()
 
 
 @contextlib.contextmanager
@@ -104,12 +112,20 @@ def recorded_run(
             exc.__context__, KeyboardInterrupt
         )
         if isinstance(exc, SystemExit) and not killed and exc.code in (0, None):
+            run.flush()
             store.client.set_terminated(run.run_id, "FINISHED")
             raise
         status = "KILLED" if killed else "FAILED"
         with contextlib.suppress(Exception):  # recording the failure must not hide it
+            run.flush()  # the metrics up to the failure are part of its record
+        with contextlib.suppress(Exception):
             _record_error(run, exc, status)
         store.client.set_terminated(run.run_id, status)
+        raise
+    try:
+        run.flush()
+    except BaseException:
+        store.client.set_terminated(run.run_id, "FAILED")
         raise
     store.client.set_terminated(run.run_id, run.end_status)
 
