@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmine.data.cache import cache_key, cached_arrays
 from deepmine.data.idx import read_idx
 from deepmine.data.in_memory import InMemoryDataModule
 from deepmine.errors import DeepmineError
@@ -35,14 +36,24 @@ class FashionMNISTDataModule(InMemoryDataModule):
         "Ankle boot",
     )
 
-    def __init__(self, data_dir: str, **kwargs):
+    def __init__(self, data_dir: str, cache_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not self.data_dir.is_dir():
             raise DeepmineError(f"{self.data_dir} does not exist", "run `deepmine data pull`")
-        arrays = {name: read_idx(self.data_dir / file) for name, file in FILES.items()}
+        sources = [self.data_dir / file for file in FILES.values()]
+        for source in sources:
+            if not source.is_file():
+                raise DeepmineError(f"{source} is missing", "run `deepmine data pull`")
+        arrays = cached_arrays(
+            self.cache_dir,
+            f"fashion_mnist-{cache_key(sources)}",
+            tuple(FILES),
+            lambda: {name: read_idx(self.data_dir / file) for name, file in FILES.items()},
+        )
         for split in ("train", "test"):
             if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
                 raise DeepmineError(

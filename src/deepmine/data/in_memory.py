@@ -4,6 +4,11 @@ Subclasses only say how to load arrays (`load`); splitting, normalization and ba
 shared. The validation split is cut from the training set by a generator seeded with
 `split_seed` (independent of the run seed, so runs with different seeds are validated on the same
 samples); the test set is never touched before `trainer.test`.
+
+Images are kept as stored (uint8 pixels stay uint8) and normalized per batch, on the batch
+being fed: a quarter of the memory of a float32 copy of the whole set (Fashion-MNIST: 47 MB
+instead of 188 MB, with no float copies made while splitting), and the same values bit for bit,
+since normalization is elementwise.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from deepmine.data.batches import TensorBatches
+from deepmine.data.batches import Normalize, TensorBatches
 from deepmine.errors import DeepmineError
 
 NORMALIZATIONS = ("scale", "standardize", "none")
@@ -55,6 +60,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.normalize = normalize
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.transform: Normalize | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -78,16 +84,25 @@ class InMemoryDataModule(pl.LightningDataModule):
             len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
         )
         val_idx, fit_idx = order[:n_val], order[n_val:]
-        x_fit, y_fit = x_train[fit_idx], y_train[fit_idx]
-        x_fit, x_val, x_test = self._normalized(x_fit, x_train[val_idx], x_test)
         self.tensors = {
-            "train": (x_fit, y_fit),
-            "val": (x_val, y_train[val_idx]),
+            "train": (x_train[fit_idx], y_train[fit_idx]),
+            "val": (x_train[val_idx], y_train[val_idx]),
             "test": (x_test, y_test),
         }
+        self.transform = self._normalization(self.tensors["train"][0])
+
+    def normalized(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole split as the net sees it (float32, normalized): for analysis and tests;
+        training normalizes batch by batch."""
+        if not self.tensors:
+            self.setup()
+        x, y = self.tensors[split]
+        return self.transform(x), y
 
     def _as_images(self, x: np.ndarray, split: str) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        x = np.asarray(x)
+        # uint8 pixels are kept as they are; anything else becomes float32
+        x = torch.from_numpy(x) if x.dtype == np.uint8 else torch.as_tensor(x, dtype=torch.float32)
         n_features = int(np.prod(self.input_shape))
         if x[0].numel() != n_features:
             raise DeepmineError(
@@ -107,15 +122,14 @@ class InMemoryDataModule(pl.LightningDataModule):
             )
         return count
 
-    def _normalized(self, fit, val, test):
+    def _normalization(self, x_fit: torch.Tensor) -> Normalize:
         if self.normalize == "none":
-            return fit, val, test
-        fit, val, test = fit / self.pixel_max, val / self.pixel_max, test / self.pixel_max
-        if self.normalize == "standardize":
-            # Statistics of the training split only: the val and test sets must not leak in.
-            mean, std = fit.mean(), fit.std().clamp_min(1e-8)
-            fit, val, test = (fit - mean) / std, (val - mean) / std, (test - mean) / std
-        return fit, val, test
+            return Normalize()
+        if self.normalize == "scale":
+            return Normalize(scale=self.pixel_max)
+        # Statistics of the training split only: the val and test sets must not leak in.
+        scaled = x_fit.to(torch.float32) / self.pixel_max  # transient: freed on return
+        return Normalize(self.pixel_max, scaled.mean(), scaled.std().clamp_min(1e-8))
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
         if not self.tensors:
@@ -133,6 +147,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             world_size=world,
             equal_shards=split == "train",
             epoch_source=(lambda: trainer.current_epoch) if trainer and shuffle else None,
+            transform=self.transform,
         )
 
     def train_dataloader(self) -> TensorBatches:

@@ -1,0 +1,57 @@
+"""A decoded-array cache: the `.npy` files of a dataset's arrays, keyed by its source files.
+
+Why: decompressing and decoding Fashion-MNIST's gzip IDX files takes ~0.3 s of every run's
+start; loading the same arrays from `.npy` takes ~0.03 s. The key is a hash of every source
+file's name, size and modification time (the bytes themselves are checked against `data.dvc` by
+DVC before a run starts), so `deepmine data pull` or any edit of data/ writes files with a new
+key and a stale entry is never read. Files
+are written to a temporary name and renamed into place, so a run killed while writing leaves no
+half-written entry. The cache lives outside the DVC-tracked `data/` folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_key(sources: list[Path]) -> str:
+    digest = hashlib.sha1()
+    for path in sorted(sources):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_arrays(
+    directory: Path | None,
+    key: str,
+    names: tuple[str, ...],
+    decode: Callable[[], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """The arrays `names`, from `directory/key/` if present there, else from `decode()` (and
+    then stored there). `directory=None` switches the cache off."""
+    if directory is None:
+        return decode()
+    entry = Path(directory) / key
+    files = {name: entry / f"{name}.npy" for name in names}
+    if all(f.is_file() for f in files.values()):
+        try:
+            return {name: np.load(f, allow_pickle=False) for name, f in files.items()}
+        except (OSError, ValueError):
+            pass  # unreadable entry: decode again and overwrite it
+    arrays = decode()
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        for name, path in files.items():
+            with tempfile.NamedTemporaryFile(dir=entry, suffix=".tmp", delete=False) as tmp:
+                np.save(tmp, arrays[name], allow_pickle=False)
+            os.replace(tmp.name, path)
+    except OSError:
+        pass  # a read-only or full disk costs speed, not the run
+    return arrays
