@@ -111,6 +111,9 @@ class EpochTimer(pl.Callback):
         self._start: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        from deepmine import timeline
+
+        timeline.mark("first_step")
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

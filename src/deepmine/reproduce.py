@@ -450,8 +450,12 @@ def _print_metric_diff(original, again) -> bool:
     for key in keys:
         a, b = before.get(key), after.get(key)
         same = a == b
-        identical &= same
+        # wall times (time/epoch_s) measure the machine at that moment, not the result
+        timing = key.startswith("time/")
+        identical &= same or timing
         diff = "identical" if same else ("missing" if a is None or b is None else f"{b - a:+.3g}")
+        if timing and not same:
+            diff = "timing"
         shown = [f"{v:12.6f}" if v is not None else f"{'-':>12}" for v in (a, b)]
         lines.append(f"{key:24} {shown[0]} {shown[1]} {diff:>12}")
     print("\n".join(lines), flush=True)

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine import interrupts
+from deepmine import interrupts, timeline
 from deepmine.config import check_override_types, check_seed, register_resolvers, report_errors
 from deepmine.errors import DeepmineError, first_line
 from deepmine.project import config_dir
@@ -45,6 +45,8 @@ def train(cfg: DictConfig) -> float | None:
     `deepmine.process_state`), so the next job in the same process starts clean."""
     from deepmine.process_state import isolated
 
+    timeline.start_job()
+    timeline.mark("composed")
     with isolated():
         return _train(cfg)
 
@@ -61,7 +63,9 @@ def _train(cfg: DictConfig) -> float | None:
     seed = check_seed(cfg)
     job = current_job()
     data_tags = verify_data(cfg)
+    timeline.mark("data_checked")
     store = connect_store(cfg)
+    timeline.mark("store_ready")
     if cfg.get("print_config"):
         _print_config(cfg)
 
@@ -77,6 +81,7 @@ def _train(cfg: DictConfig) -> float | None:
     pruned_errors = job.pruned_errors() if pruning else ()
     with distributed.ranks(cfg, output_dir):
         parts = build(cfg, extra_callbacks=pruning)
+        timeline.mark("built")
         if store is None:
             result = _fit_and_test(cfg, parts, output_dir)
             _print_summary(result, None, None)
@@ -169,6 +174,7 @@ def _recorded(
         ):
             if not resumed:
                 _record_start(run, cfg, output_dir, git)
+            timeline.mark("run_opened")
             if job:
                 run.log_params(job.params())
             parts.trainer.loggers = [
@@ -345,6 +351,8 @@ def _summary(cfg: DictConfig, result: dict) -> dict:
         # each epoch (training and validation): what benchmarks/ compares
         "fit_seconds": result["fit_seconds"],
         "epoch_seconds": result["epoch_seconds"],
+        # seconds from entering the CLI to each start-up step (deepmine.timeline)
+        "startup": timeline.since_cli(),
     }
 
 

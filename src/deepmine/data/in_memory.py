@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from deepmine import timeline
 from deepmine.data.batches import Normalize, TensorBatches
 from deepmine.errors import DeepmineError
 
@@ -90,6 +91,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             "test": (x_test, y_test),
         }
         self.transform = self._normalization(self.tensors["train"][0])
+        timeline.mark("data_loaded")
 
     def normalized(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole split as the net sees it (float32, normalized): for analysis and tests;

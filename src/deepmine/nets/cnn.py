@@ -6,7 +6,8 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """[Conv kxk (same padding) -> ReLU -> MaxPool 2] per entry of `channels` -> Linear.
+    """[Conv kxk (same padding) -> (BatchNorm) -> ReLU -> MaxPool 2] per entry of `channels`
+    -> Linear.
 
     The default `channels=[32, 64]`, `kernel_size=5` is the "2 Conv <100K parameters"-style net
     of the Fashion-MNIST benchmark table (conv 32@5x5, pool, conv 64@5x5, pool, linear).
@@ -19,16 +20,25 @@ class SmallCNN(nn.Module):
         channels: list[int],
         kernel_size: int = 5,
         dropout: float = 0.0,
+        batch_norm: bool = False,
     ):
         super().__init__()
         in_channels, height, width = input_shape
         blocks: list[nn.Module] = []
         for out_channels in channels:
-            blocks += [
-                nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
+            # a convolution followed by batch norm needs no bias of its own
+            blocks.append(
+                nn.Conv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size,
+                    padding=kernel_size // 2,
+                    bias=not batch_norm,
+                )
+            )
+            if batch_norm:
+                blocks.append(nn.BatchNorm2d(out_channels))
+            blocks += [nn.ReLU(), nn.MaxPool2d(2)]
             in_channels, height, width = out_channels, height // 2, width // 2
         if height < 1 or width < 1:
             raise ValueError(f"{len(channels)} pooling blocks shrink {input_shape} to nothing")
