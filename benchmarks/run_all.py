@@ -1,0 +1,143 @@
+# ruff: noqa: E501  (Markdown table rows)
+"""Run every benchmark, one after another (never two at once: they time this machine), then
+rewrite the results section of BENCHMARKS.md from benchmarks/results/*.json.
+
+    python benchmarks/run_all.py            # all (about 25 minutes on 2 cores)
+    python benchmarks/run_all.py --render   # only rewrite BENCHMARKS.md from saved results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+BENCHMARKS = [
+    ["epoch_time.py", "--net", "seed_mlp", "--batch-size", "32", "--epochs", "3", "--rounds", "3"],
+    ["epoch_time.py", "--net", "cnn", "--batch-size", "128", "--epochs", "2", "--rounds", "2"],
+    ["logging_overhead.py", "--net", "seed_mlp", "--batch-size", "32"],
+    ["first_step.py", "--trials", "5"],
+    ["memory.py"],
+    ["speedrun.py", "--seeds", "0", "1"],
+    ["sweep_overhead.py"],
+]
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def render() -> str:
+    lines = []
+    machine = None
+    rows = []
+    for net, batch, target in (("seed_mlp", 32, 1.5), ("cnn", 128, 1.05)):
+        r = load(f"epoch_time_{net}_b{batch}_mlflow")
+        if r:
+            machine = machine or r["machine"]
+            met = "met" if r["ratio"] <= target else f"missed by {r['ratio'] / target - 1:.0%}"
+            rows.append(
+                f"| {net}, batch {batch}, logger=mlflow | {r['median_hand_written_s']:.3f} s "
+                f"| {r['median_deepmine_s']:.3f} s | **{r['ratio']:.2f}** | <= {target} | {met} "
+                f"| `{r['command']}` |"
+            )
+    if rows:
+        lines += ["### 1. Epoch time, deepmine vs hand-written loop", "",
+                  "| run | hand-written (median) | deepmine (median) | ratio | target | | command |",
+                  "|---|---|---|---|---|---|---|", *rows, ""]  # fmt: skip
+    r = load("logging_overhead_seed_mlp_b32")
+    if r:
+        met = "met" if r["ratio"] <= 1.03 else f"missed by {r['ratio'] / 1.03 - 1:.1%}"
+        lines += ["### 2. Logging overhead", "",
+                  "| run | logger=none (median) | logger=mlflow (median) | ratio | target | | metrics in the store (run 1) | command |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| seed_mlp, batch 32 | {r['median_none_s']:.3f} s | {r['median_mlflow_s']:.3f} s "
+                  f"| **{r['ratio']:.3f}** | <= 1.03 | {met} | {r['metrics_counted'][0]} | `{r['command']}` |",
+                  ""]  # fmt: skip
+    r = load("first_step")
+    if r:
+        lines += [
+            "### 3. Time to first training step",
+            "",
+            "| phase | took | at |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {p['phase']} | {p['took_s']:.3f} s | {p['at_s']:.3f} s |" for p in r["phases"]
+        ]
+        lines += ["",
+                  f"First step at **{r['first_step_s']:.2f} s**; a bare `import torch, lightning.pytorch` "
+                  f"takes {r['bare_import_s']:.2f} s, so deepmine adds **{r['beyond_bare_import_s']:.2f} s** "
+                  f"(target < 2 s). `deepmine --help`: **{r['help_s']:.3f} s** (target < 1 s). "
+                  f"Command: `{r['command']}`.", ""]  # fmt: skip
+    r = load("memory")
+    if r:
+        lines += [
+            "### 4. Peak memory",
+            "",
+            "| run | max RSS | wall | target |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {name} | **{v['max_rss_mb']:.0f} MB** | {v['wall_s']:.1f} s | < 1536 MB |"
+                  for name, v in r["runs"].items()]  # fmt: skip
+        lines += ["", f"Command: `{r['command']}`.", ""]
+    r = load("speedrun")
+    if r:
+        lines += ["### 5. Time to accuracy (`experiment=fashion_mnist_speedrun`)", "",
+                  "| budget | seed | test/acc | training (fit) | epochs |", "|---|---|---|---|---|"]  # fmt: skip
+        for s in r["short"]:
+            lines.append(
+                f"| 60 s | {s['overrides'][0]} | **{s['test_acc']:.4f}** | {s['fit_s']:.1f} s | {s['epochs']} |"
+            )
+        lo = r["long"]
+        lines.append(
+            f"| 5 min | {lo['overrides'][0]} ({lo['overrides'][1]}) | **{lo['test_acc']:.4f}** | {lo['fit_s']:.1f} s | {lo['epochs']} |"
+        )
+        lines += ["", f"Target (>= 0.916 within 60 s): {'met' if r['met'] else 'not met'}. Command: `{r['command']}`.", ""]  # fmt: skip
+    r = load("sweep_overhead")
+    if r:
+        lines += ["### 6. Sweep overhead (4 jobs, `" + " ".join(r["jobs"]) + "`)", "",
+                  "| mode | sweep wall | training, all jobs | overhead per job |", "|---|---|---|---|"]  # fmt: skip
+        for name, m in r["modes"].items():
+            lines.append(
+                f"| {name} | {m['wall_s']:.1f} s | {sum(m['fit_s']):.1f} s | **{m['overhead_per_job_s']:.2f} s** |"
+            )
+        lines += ["", f"Command: `{r['command']}`.", ""]
+    if machine:
+        lines.insert(0, f"Machine: {machine['cores']} cores ({machine['cpu']}), Python {machine['python']}, "
+                        f"torch {machine['torch']} ({machine['torch_threads']} threads), lightning "
+                        f"{machine['lightning']}, mlflow {machine['mlflow']}.\n")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write(text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    current = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, rest = current.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md")
+    args = parser.parse_args()
+    if not args.render:
+        for benchmark in BENCHMARKS:
+            print(f"== {' '.join(benchmark)}", flush=True)
+            subprocess.run([sys.executable, str(HERE / benchmark[0]), *benchmark[1:]], check=True,
+                           cwd=ROOT)  # fmt: skip
+    write(render())
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
