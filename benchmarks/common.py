@@ -49,7 +49,7 @@ def _cpu_model() -> str:
 
 
 def fashion_mnist_tensors(batch_size: int = 32):
-    """The same normalized train/val tensors a deepmine run trains on (split seed 0)."""
+    """The train/val tensors a deepmine run trains on (split seed 0), normalized in advance."""
     from deepmine.data.fashion_mnist import FashionMNISTDataModule
 
     dm = FashionMNISTDataModule(
@@ -59,7 +59,7 @@ def fashion_mnist_tensors(batch_size: int = 32):
         batch_size=batch_size,
     )
     dm.setup()
-    return dm.tensors["train"], dm.tensors["val"]
+    return dm.normalized("train"), dm.normalized("val")
 
 
 def make_net(name: str):
