@@ -26,9 +26,10 @@ PYTHON = sys.executable
 PHASES = [
     ("cli_start", "interpreter + deepmine.cli"),
     ("composed", "Hydra: compose the config"),
+    ("imported", "import torch + lightning (the datamodule class)"),
     ("data_checked", "DVC: check data/ against data.dvc"),
-    ("store_ready", "MLflow: open the store"),
-    ("built", "import + build datamodule, net, trainer"),
+    ("store_ready", "MLflow: import, open the store"),
+    ("built", "build datamodule, net, trainer"),
     ("run_opened", "MLflow: create the run, log config"),
     ("data_loaded", "load the dataset (.npy cache)"),
     ("first_step", "sanity check, first step"),

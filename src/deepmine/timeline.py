@@ -1,6 +1,6 @@
-"""Wall-clock marks of a run's start-up (CLI entered, config composed, data checked, store
-ready, parts built, MLflow run open, data loaded, first training step), written to the run's
-metrics.json as seconds since the CLI was entered: where time-to-first-step goes
+"""Wall-clock marks of a run's start-up (CLI entered, config composed, torch imported, data
+checked, store ready, parts built, MLflow run open, data loaded, first training step), written
+to the run's metrics.json as seconds since the CLI was entered: where time-to-first-step goes
 (benchmarks/first_step.py reads them)."""
 
 from __future__ import annotations

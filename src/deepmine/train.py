@@ -200,9 +200,7 @@ def _recorded(
             "see the traceback in the run's artifact error/traceback.txt",
         ) from exc
     finally:
-        if pip_freeze.poll() is None:  # the run ended before its environment was recorded
-            pip_freeze.kill()
-            pip_freeze.wait()
+        pip_freeze.cancel()  # when the run ended before its environment was recorded
     if pruned is not None:
         print(f"pruned        {first_line(pruned)} (run {run.run_id})", flush=True)
         raise pruned
@@ -215,7 +213,8 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
     from deepmine.data.version import DVC_FILE, check, read_pin
 
     root = Path(cfg.paths.root_dir)
-    data_cls = hydra.utils.get_class(cfg.data._target_)
+    data_cls = hydra.utils.get_class(cfg.data._target_)  # the first import of torch/lightning
+    timeline.mark("imported")
     tracked = bool(getattr(data_cls, "dvc_tracked", False))
     tags = {"deepmine.data.dvc_tracked": str(tracked).lower()}
     if (root / DVC_FILE).is_file():
@@ -377,8 +376,7 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
         learning_curves_png(history, plots / "learning_curves.png", run.run_id[:8]), "plots"
     )
     run.log_json(_summary(cfg, result), "metrics.json")
-    freeze, _ = pip_freeze.communicate(timeout=120)
-    run.log_text(freeze, "environment/pip-freeze.txt")
+    run.log_text(pip_freeze.result(timeout=120), "environment/pip-freeze.txt")
 
 
 def _record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
