@@ -22,6 +22,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 BENCHMARKS = [
     ["epoch_time.py", "--net", "seed_mlp", "--batch-size", "32", "--epochs", "3", "--rounds", "3"],
     ["epoch_time.py", "--net", "cnn", "--batch-size", "128", "--epochs", "2", "--rounds", "2"],
+    ["lightning_floor.py"],
     ["logging_overhead.py", "--net", "seed_mlp", "--batch-size", "32"],
     ["first_step.py", "--trials", "5"],
     ["memory.py"],
@@ -53,6 +54,14 @@ def render() -> str:
         lines += ["### 1. Epoch time, deepmine vs hand-written loop", "",
                   "| run | hand-written (median) | deepmine (median) | ratio | target | | command |",
                   "|---|---|---|---|---|---|---|", *rows, ""]  # fmt: skip
+    r = load("lightning_floor")
+    if r:
+        m = r["median_s"]
+        lines += ["Lightning's floor for the seed MLP at batch 32 (`python benchmarks/lightning_floor.py`: a bare "
+                  "LightningModule, no metrics/callbacks/logger/validation): hand-written "
+                  f"{m['hand_written']:.3f} s, automatic optimization {m['automatic']:.3f} s "
+                  f"(**{m['automatic'] / m['hand_written']:.2f}**), manual {m['manual']:.3f} s "
+                  f"(**{m['manual'] / m['hand_written']:.2f}**).", ""]  # fmt: skip
     r = load("logging_overhead_seed_mlp_b32")
     if r:
         met = "met" if r["ratio"] <= 1.03 else f"missed by {r['ratio'] / 1.03 - 1:.1%}"
