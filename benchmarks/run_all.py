@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,12 @@ BENCHMARKS = [
 
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    # the script as run from the repository root, wherever the checkout was
+    result["command"] = re.sub(r"\S*/(benchmarks/)", r"\1", result.get("command", ""))
+    return result
 
 
 def render() -> str:
@@ -44,7 +50,7 @@ def render() -> str:
         r = load(f"epoch_time_{net}_b{batch}_mlflow")
         if r:
             machine = machine or r["machine"]
-            met = "met" if r["ratio"] <= target else f"missed by {r['ratio'] / target - 1:.0%}"
+            met = "met" if r["ratio"] <= target else f"missed by {r['ratio'] / target - 1:.1%}"
             rows.append(
                 f"| {net}, batch {batch}, logger=mlflow | {r['median_hand_written_s']:.3f} s "
                 f"| {r['median_deepmine_s']:.3f} s | **{r['ratio']:.2f}** | <= {target} | {met} "
@@ -108,7 +114,7 @@ def render() -> str:
             )
         lo = r["long"]
         lines.append(
-            f"| 5 min | {lo['overrides'][0]} ({lo['overrides'][1]}) | **{lo['test_acc']:.4f}** | {lo['fit_s']:.1f} s | {lo['epochs']} |"
+            f"| 5 min | {lo['overrides'][0]} ({' '.join(lo['overrides'][1:])}) | **{lo['test_acc']:.4f}** | {lo['fit_s']:.1f} s | {lo['epochs']} |"
         )
         lines += ["", f"Target (>= 0.916 within 60 s): {'met' if r['met'] else 'not met'}. Command: `{r['command']}`.", ""]  # fmt: skip
     r = load("sweep_overhead")
