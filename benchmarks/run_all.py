@@ -53,7 +53,7 @@ def render() -> str:
             met = "met" if r["ratio"] <= target else f"missed by {r['ratio'] / target - 1:.1%}"
             rows.append(
                 f"| {net}, batch {batch}, logger=mlflow | {r['median_hand_written_s']:.3f} s "
-                f"| {r['median_deepmine_s']:.3f} s | **{r['ratio']:.2f}** | <= {target} | {met} "
+                f"| {r['median_deepmine_s']:.3f} s | **{r['ratio']:.3f}** | <= {target} | {met} "
                 f"| `{r['command']}` |"
             )
     if rows:
