@@ -125,6 +125,12 @@ def deepmine_run(overrides: list[str], tracking_uri: str | None = None) -> dict:
     return summary
 
 
+def temp_store() -> str:
+    """A fresh SQLite MLflow store in a temporary folder: benchmarks never touch the project's
+    own store (whose size would change the timings)."""
+    return f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import deepmine_run, hand_written_epochs, median, save
+from common import deepmine_run, hand_written_epochs, median, save, temp_store
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
     parser.add_argument("overrides", nargs="*", help="extra deepmine overrides")
     args = parser.parse_args()
-    store = f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+    store = temp_store()
     overrides = [
         f"net={args.net}",
         f"data.batch_size={args.batch_size}",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, median, save
+from common import ROOT, median, save, temp_store
 
 PYTHON = sys.executable
 PHASES = [
@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     args = parser.parse_args()
-    store = f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+    store = temp_store()
     one_run(store)  # warm the page cache, the decoded-data cache and the store's schema
     trials = [one_run(store) for _ in range(args.trials)]
     bare = [timed([PYTHON, "-c", "import torch, lightning.pytorch"]) for _ in range(args.trials)]

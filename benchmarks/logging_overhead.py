@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import deepmine_run, median, save
+from common import deepmine_run, median, save, temp_store
 
 EPOCH_METRICS = ["train/loss_epoch", "train/acc", "val/acc", "val/loss", "val/acc_best"]
 
@@ -42,7 +41,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    store = f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+    store = temp_store()
     base = [f"net={args.net}", f"data.batch_size={args.batch_size}",
             f"trainer.max_epochs={args.epochs}", "callbacks.early_stopping=null"]  # fmt: skip
     logged, silent, counts = [], [], []

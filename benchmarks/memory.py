@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, save
+from common import ROOT, save, temp_store
 
 RUNS = {
     "seed_mlp, 1 epoch": ["net=seed_mlp", "trainer.max_epochs=1"],
@@ -35,7 +35,7 @@ def max_rss_mb(overrides: list[str], store: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    store = f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+    store = temp_store()
     results = {}
     for name, overrides in RUNS.items():
         rss, wall = max_rss_mb(overrides, store)

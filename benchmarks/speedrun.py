@@ -15,9 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tempfile
 
-from common import deepmine_run, save
+from common import deepmine_run, save, temp_store
 
 LONG = [
     "net.channels=[32,64,128]",
@@ -42,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
-    store = f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+    store = temp_store()
     short = [run([f"seed={seed}"], store) for seed in args.seeds]
     for r in short:
         print(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, save
+from common import ROOT, save, temp_store
 
 JOBS = ["seed=0,1,2,3", "trainer.max_epochs=1"]
 MODES = {"sequential": ([], 1), "joblib, 2 workers": (["launcher=joblib"], 2)}
@@ -42,7 +42,7 @@ def sweep(extra: list[str], store: str) -> dict:
 
 
 def main() -> None:
-    store = f"sqlite:///{tempfile.mkdtemp(prefix='deepmine-bench-store-')}/mlflow.db"
+    store = temp_store()
     results = {}
     for name, (extra, workers) in MODES.items():
         measured = sweep(extra, store)

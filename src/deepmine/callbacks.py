@@ -17,6 +17,8 @@ import time
 import lightning.pytorch as pl
 import torch
 
+from deepmine import timeline
+
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
@@ -111,8 +113,6 @@ class EpochTimer(pl.Callback):
         self._start: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        from deepmine import timeline
-
         timeline.mark("first_step")
         self._start = time.perf_counter()
 

@@ -92,7 +92,7 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
     with recorded_run(store, cfg.experiment_name, name, tags) as run:
         run.log_params(OmegaConf.to_container(model_cfg, resolve=True))
         run.log_text(OmegaConf.to_yaml(model_cfg, resolve=True), "config/config.yaml")
-        trainer.loggers = [run.lightning_logger(flush_every_s=cfg.logger.get("flush_every_s", 5))]
+        trainer.loggers = [run.lightning_logger(flush_every_s=cfg.logger.flush_every_s)]
         tested = trainer.test(task, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in tested[0].items()}
         run.log_json({"metrics": metrics}, "metrics.json")

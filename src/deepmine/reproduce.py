@@ -311,9 +311,10 @@ def reproduce_run(run_id: str, tracking_uri: str | None, checkout: bool) -> bool
 
     from deepmine.tracking.fetch import get_run, recorded_overrides
     from deepmine.tracking.store import connect
+    from deepmine.tracking.ui import default_tracking_uri
 
     root = project_root()
-    store = connect(tracking_uri or _default_tracking_uri())
+    store = connect(tracking_uri or default_tracking_uri())
     run = get_run(store, run_id)
     names = {a.path for a in store.client.list_artifacts(run_id, "config")}
     if "config/config.yaml" not in names:
@@ -357,12 +358,6 @@ def reproduce_run(run_id: str, tracking_uri: str | None, checkout: bool) -> bool
         max_results=1,
     )[0]
     return _print_metric_diff(run, again)
-
-
-def _default_tracking_uri() -> str:
-    from deepmine.claims import compose_train
-
-    return compose_train([]).logger.tracking_uri
 
 
 def _check_origin(tags: dict, root: Path, checkout: bool) -> RunCheck:

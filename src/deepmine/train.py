@@ -179,7 +179,7 @@ def _recorded(
                 run.log_params(job.params())
             parts.trainer.loggers = [
                 run.lightning_logger(
-                    with_history=bool(resumed), flush_every_s=cfg.logger.get("flush_every_s", 5)
+                    with_history=bool(resumed), flush_every_s=cfg.logger.flush_every_s
                 )
             ]
             try:

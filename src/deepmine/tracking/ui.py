@@ -8,15 +8,9 @@ import sys
 
 def default_tracking_uri() -> str:
     """`logger.tracking_uri` as `deepmine train` would resolve it (local overrides included)."""
-    from hydra import compose, initialize_config_dir
+    from deepmine.claims import compose_train
 
-    from deepmine.config import register_resolvers
-    from deepmine.project import config_dir
-
-    register_resolvers()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train")
-    return str(cfg.logger.tracking_uri)
+    return str(compose_train([]).logger.tracking_uri)
 
 
 def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
