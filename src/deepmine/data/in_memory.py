@@ -45,6 +45,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         shuffle_seed: int = 0,
         normalize: str = "scale",
+        num_outputs: int | None = None,
     ):
         super().__init__()
         if normalize not in NORMALIZATIONS:
@@ -53,6 +54,8 @@ class InMemoryDataModule(pl.LightningDataModule):
                 "pick one of them, e.g. data.normalize=scale",
             )
         self.num_classes = num_classes
+        # one logit per class: the width nets read as ${data.num_outputs}
+        self.num_outputs = num_outputs if num_outputs is not None else num_classes
         self.input_shape = tuple(input_shape)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
