@@ -15,22 +15,20 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from deepmine import timeline
-from deepmine.data.batches import Normalize, TensorBatches
+from deepmine.data.batches import Normalize
+from deepmine.data.tensors import TensorDataModule, split_count
 from deepmine.errors import DeepmineError
 
 NORMALIZATIONS = ("scale", "standardize", "none")
 
 
-class InMemoryDataModule(pl.LightningDataModule):
+class InMemoryDataModule(TensorDataModule):
     """Base class: `load()` returns `(x_train, y_train, x_test, y_test)` numpy arrays."""
 
-    #: True when the data is read from the DVC-tracked `data/` folder, so a run must verify it.
-    dvc_tracked: ClassVar[bool] = False
+    targets: ClassVar[str] = "class"
     #: Largest raw pixel value, used by `normalize="scale"`.
     pixel_max: ClassVar[float] = 255.0
     class_names: ClassVar[tuple[str, ...]] = ()
@@ -47,7 +45,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         normalize: str = "scale",
         num_outputs: int | None = None,
     ):
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, shuffle_seed)
         if normalize not in NORMALIZATIONS:
             raise DeepmineError(
                 f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}",
@@ -57,21 +55,21 @@ class InMemoryDataModule(pl.LightningDataModule):
         # one logit per class: the width nets read as ${data.num_outputs}
         self.num_outputs = num_outputs if num_outputs is not None else num_classes
         self.input_shape = tuple(input_shape)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.split_seed = split_seed
-        self.shuffle_seed = shuffle_seed
         self.normalize = normalize
-        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.transform: Normalize | None = None
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tensors:
-            return
+    def shapes(self) -> dict:
+        return {
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "num_outputs": self.num_outputs,
+        }
+
+    def make_splits(self) -> None:
         x_train, y_train, x_test, y_test = self.load()
         x_train = self._as_images(x_train, "train")
         x_test = self._as_images(x_test, "test")
@@ -83,7 +81,7 @@ class InMemoryDataModule(pl.LightningDataModule):
                 f"the data has {labels} classes but data.num_classes={self.num_classes}",
                 "fix num_classes in the data config",
             )
-        n_val = self._val_count(len(x_train))
+        n_val = split_count(self.val_size, len(x_train), "data.val_size")
         order = torch.randperm(
             len(x_train), generator=torch.Generator().manual_seed(self.split_seed)
         )
@@ -94,15 +92,6 @@ class InMemoryDataModule(pl.LightningDataModule):
             "test": (x_test, y_test),
         }
         self.transform = self._normalization(self.tensors["train"][0])
-        timeline.mark("data_loaded")
-
-    def normalized(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole split as the net sees it (float32, normalized): for analysis and tests;
-        training normalizes batch by batch."""
-        if not self.tensors:
-            self.setup()
-        x, y = self.tensors[split]
-        return self.transform(x), y
 
     def _as_images(self, x: np.ndarray, split: str) -> torch.Tensor:
         x = np.asarray(x)
@@ -117,16 +106,6 @@ class InMemoryDataModule(pl.LightningDataModule):
             )
         return x.reshape(len(x), *self.input_shape).contiguous()
 
-    def _val_count(self, n: int) -> int:
-        size = self.val_size
-        count = round(size * n) if isinstance(size, float) and size < 1 else int(size)
-        if not 0 < count < n:
-            raise DeepmineError(
-                f"data.val_size={size} leaves no training or no validation samples out of {n}",
-                "use a fraction in (0, 1) or a count in [1, n)",
-            )
-        return count
-
     def _normalization(self, x_fit: torch.Tensor) -> Normalize:
         if self.normalize == "none":
             return Normalize()
@@ -135,31 +114,3 @@ class InMemoryDataModule(pl.LightningDataModule):
         # Statistics of the training split only: the val and test sets must not leak in.
         scaled = x_fit.to(torch.float32) / self.pixel_max  # transient: freed on return
         return Normalize(self.pixel_max, scaled.mean(), scaled.std().clamp_min(1e-8))
-
-    def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
-        if not self.tensors:
-            self.setup()
-        x, y = self.tensors[split]
-        trainer = self.trainer  # None outside a Trainer (tests, eval helpers)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return TensorBatches(
-            x,
-            y,
-            batch_size,
-            shuffle=shuffle,
-            seed=self.shuffle_seed,
-            rank=rank,
-            world_size=world,
-            equal_shards=split == "train",
-            epoch_source=(lambda: trainer.current_epoch) if trainer and shuffle else None,
-            transform=self.transform,
-        )
-
-    def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> TensorBatches:
-        return self._batches("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> TensorBatches:
-        return self._batches("test", self.eval_batch_size, shuffle=False)
