@@ -1,12 +1,23 @@
 """Instantiate the parts of a run from a composed config: datamodule, net, task, callbacks,
-trainer. Shared by train, eval and reproduce so the wiring exists once."""
+trainer. Shared by train, eval and reproduce so the wiring exists once.
+
+Before the net exists, the task and the data are checked against each other (a regression task
+needs numeric targets) and the data config's shape keys left null are filled from the data
+itself (`datamodule.shapes()`: a CSV's feature count is known only once it is read). The
+filled values go into the config, so the run records the shapes it was built with.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, open_dict
+
+from deepmine.errors import DeepmineError
+
+#: data config keys that nets and tasks read by interpolation
+SHAPE_KEYS = ("input_shape", "num_outputs", "num_classes", "num_targets", "horizon")
 
 
 @dataclass
@@ -28,10 +39,43 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
+def build_datamodule(cfg: DictConfig):
+    """The datamodule, checked against the task, with the config's null shapes filled in."""
+    task_targets = getattr(get_class(cfg.task._target_), "targets", None)
+    if cfg.data.get("targets") == "auto" and task_targets:
+        with open_dict(cfg.data):
+            cfg.data.targets = task_targets  # a table serves classification and regression
+    datamodule = instantiate(cfg.data)
+    data_targets = getattr(datamodule, "targets", None)
+    if task_targets and data_targets and task_targets != data_targets:
+        raise DeepmineError(
+            f"the task ({cfg.task._target_.rsplit('.', 1)[-1]}) learns from {task_targets} "
+            f"targets but this data ({cfg.data._target_.rsplit('.', 1)[-1]}) has {data_targets} "
+            "targets",
+            _pairing_hint(task_targets),
+        )
+    missing = [key for key in SHAPE_KEYS if key in cfg.data and cfg.data[key] is None]
+    if missing:
+        shapes = datamodule.shapes()
+        with open_dict(cfg.data):
+            for key in missing:
+                cfg.data[key] = shapes.get(key)
+    return datamodule
+
+
+def _pairing_hint(task_targets: str) -> str:
+    return {
+        "class": "use task=classification with class-labelled data (fashion_mnist, digits, "
+        "csv with data.targets=class)",
+        "value": "use task=regression with data=diabetes or data=csv",
+        "series": "use task=forecasting with a series (data=sunspots, co2, series_csv, ...)",
+    }.get(task_targets, "pick a data config made for this task")
+
+
 def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Parts:
     """Everything but the logger: a broken config fails here, before any run is opened.
     `extra_callbacks` come from the run's context, not its config (a sweep's pruning hook)."""
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     task = build_task(cfg)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)

@@ -36,6 +36,17 @@ def register_resolvers() -> None:
     """Register deepmine's OmegaConf resolvers (idempotent)."""
     if not OmegaConf.has_resolver("deepmine.project_root"):
         OmegaConf.register_new_resolver("deepmine.project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("deepmine.direction"):
+        # a task's mode (Lightning's max|min) as a sweeper direction (Optuna's maximize|minimize)
+        OmegaConf.register_new_resolver("deepmine.direction", direction)
+
+
+def direction(mode: str) -> str:
+    """`max` -> `maximize`, `min` -> `minimize`: one vocabulary in conf/task/, two libraries."""
+    directions = {"max": "maximize", "min": "minimize"}
+    if mode not in directions:
+        raise DeepmineError(f"task.mode={mode} is not max or min", "use task.mode=max|min")
+    return directions[mode]
 
 
 def describe_error(exc: BaseException) -> str | None:

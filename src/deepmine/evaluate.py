@@ -65,12 +65,12 @@ def evaluate(cfg: DictConfig) -> dict:
 def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dict, str | None]:
     from hydra.utils import instantiate
 
-    from deepmine.build import build_task
+    from deepmine.build import build_datamodule, build_task
     from deepmine.checkpoints import load_weights
     from deepmine.seeding import seed_everything
 
     seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
-    datamodule = instantiate(model_cfg.data)
+    datamodule = build_datamodule(model_cfg)
     task = build_task(model_cfg)
     load_weights(task, checkpoint)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)

@@ -36,9 +36,10 @@ def confusion_matrix_png(matrix, class_names: Sequence[str], path: Path, title: 
 
 
 def learning_curves_png(
-    history: dict[str, list[tuple[int, float]]], path: Path, title: str
+    history: dict[str, list[tuple[int, float]]], path: Path, title: str, metric: str = "acc"
 ) -> Path:
-    """Loss and accuracy against the training step, one panel each, train vs val."""
+    """Loss and the task's monitored `metric` against the training step, one panel each,
+    train vs val."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     # (metric, colour, marker, alpha): train is always C0, validation C1; the raw per-step
     # train loss is drawn faint behind its epoch mean.
@@ -48,7 +49,7 @@ def learning_curves_png(
             ("train/loss_epoch", "C0", "o", 1.0),
             ("val/loss", "C1", "o", 1.0),
         ],
-        "acc": [("train/acc", "C0", "o", 1.0), ("val/acc", "C1", "o", 1.0)],
+        metric: [(f"train/{metric}", "C0", "o", 1.0), (f"val/{metric}", "C1", "o", 1.0)],
     }
     for ax, (quantity, series) in zip(axes, panels.items(), strict=True):
         for key, color, marker, alpha in series:

@@ -84,7 +84,7 @@ def _train(cfg: DictConfig) -> float | None:
         timeline.mark("built")
         if store is None:
             result = _fit_and_test(cfg, parts, output_dir)
-            _print_summary(result, None, None)
+            _print_summary(result, parts.task, None, None)
             return result["objective"]
         return _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors, resumed)
 
@@ -204,7 +204,7 @@ def _recorded(
     if pruned is not None:
         print(f"pruned        {first_line(pruned)} (run {run.run_id})", flush=True)
         raise pruned
-    _print_summary(result, run, store)
+    _print_summary(result, parts.task, run, store)
     return result["objective"]
 
 
@@ -327,7 +327,6 @@ def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) ->
         "best_checkpoint": best,
         "metrics": metrics,
         "objective": metrics.get(metric) if metric else None,
-        "confusion": task.test_confusion,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "fit_seconds": fit_seconds,
@@ -356,25 +355,22 @@ def _summary(cfg: DictConfig, result: dict) -> dict:
 
 
 def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip_freeze) -> None:
-    """Artifacts known at the end: best checkpoint, plots, metrics summary, environment."""
-    from deepmine.plots import confusion_matrix_png, learning_curves_png
+    """Artifacts known at the end: best checkpoint, the task's plots, learning curves, metrics
+    summary, environment."""
+    from deepmine.plots import learning_curves_png
 
-    trainer = parts.trainer
+    trainer, task = parts.trainer, parts.task
     if result["best_checkpoint"] and cfg.logger.get("log_checkpoint", True):
         run.log_file(result["best_checkpoint"], "checkpoints")
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
-    if result["confusion"] is not None:
-        names = getattr(parts.datamodule, "class_names", ())
-        title = f"{run.run_id[:8]} test confusion matrix"
-        run.log_file(
-            confusion_matrix_png(result["confusion"], names, plots / "confusion_matrix.png", title),
-            "plots",
-        )
+    for path in task.plots(plots, run.run_id[:8], parts.datamodule):
+        run.log_file(path, "plots")
     history = trainer.loggers[0].history
-    run.log_file(
-        learning_curves_png(history, plots / "learning_curves.png", run.run_id[:8]), "plots"
+    curves = learning_curves_png(
+        history, plots / "learning_curves.png", run.run_id[:8], task.monitor
     )
+    run.log_file(curves, "plots")
     run.log_json(_summary(cfg, result), "metrics.json")
     run.log_text(pip_freeze.result(timeout=120), "environment/pip-freeze.txt")
 
@@ -388,8 +384,9 @@ def _record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
     history = parts.trainer.loggers[0].history
+    title, metric = run.run_id[:8], parts.task.monitor
     run.log_file(
-        learning_curves_png(history, plots / "learning_curves.png", run.run_id[:8]), "plots"
+        learning_curves_png(history, plots / "learning_curves.png", title, metric), "plots"
     )
 
 
@@ -405,12 +402,8 @@ def _print_config(cfg: DictConfig) -> None:
     Console(stderr=True).print(tree)
 
 
-def _print_summary(result: dict, run, store) -> None:
-    metrics = result["metrics"]
-    lines = [
-        f"test/acc      {metrics.get('test/acc', float('nan')):.4f}",
-        f"test/f1_macro {metrics.get('test/f1_macro', float('nan')):.4f}",
-    ]
+def _print_summary(result: dict, task, run, store) -> None:
+    lines = task.summary_lines(result["metrics"])
     if run is not None:
         lines.insert(0, f"MLflow run    {run.run_id} (experiment '{run.experiment_name}')")
         lines.append(f"store         {store.uri}")

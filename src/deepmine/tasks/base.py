@@ -1,0 +1,224 @@
+"""What every deepmine task shares; a task itself says only its loss, metrics and plots.
+
+A task (classification, regression, forecasting, ...) is a LightningModule that subclasses
+`Task` and provides:
+
+- `compute_loss(outputs, y)`: the training loss on the net's raw outputs;
+- `make_metrics()`: a torchmetrics collection, cloned for validation and test;
+- `metric_inputs(outputs, y)`: what those metrics compare (e.g. de-standardized predictions);
+- the training-epoch scores, kept as on-device sums with no host sync per step:
+  `train_state_sizes()` names the sums, `update_train_state(outputs, y)` adds a batch to them
+  and `train_scores(state)` turns them into scores at the epoch end (summed over DDP ranks);
+- `plots(folder, title, datamodule)` and `summary_lines(metrics)`: its artifacts and the lines
+  `deepmine train` prints at the end.
+
+The base owns the rest: optimizer/scheduler completion, the hot training step (one loss, one
+state update, a running loss sum; `train/loss` only on the steps the logger writes),
+validation and test loops, `val/<monitor>_best`, and keeping that best across a resume.
+
+Why the on-device sums: on the seed MLP at batch 32 (0.32 ms a step by hand) one `self.log`
+call cost about 0.5 ms in Lightning 2.6 (each call moves its whole result entry to the device
+again) and a torchmetrics accuracy + F1 update 0.09 ms, against 0.007 ms for a `bincount` into
+a buffer. Validation and test batches are few and large, so they keep torchmetrics.
+
+The monitored metric and its direction (`monitor`, `mode` in conf/task/) belong to the task:
+checkpointing, early stopping, `optimized_metric` and the sweepers' direction read them from
+the task config by interpolation, so a regression run keeps its lowest RMSE, not its highest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection, MinMetric
+
+from deepmine.errors import DeepmineError
+
+MODES = ("max", "min")
+
+
+class Task(pl.LightningModule):
+    """Base of every task; see the module docstring for what a subclass provides."""
+
+    #: the kind of targets the task learns from (`deepmine.data.tensors.TARGET_KINDS`)
+    targets: ClassVar[str] = "class"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        monitor: str = "acc",
+        mode: str = "max",
+    ):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        metrics = self.make_metrics()
+        if monitor not in metrics:
+            raise DeepmineError(
+                f"task.monitor={monitor} is not a metric of {type(self).__name__} "
+                f"(its metrics: {', '.join(metrics.keys())})",
+                f"pick one of them, e.g. task.monitor={next(iter(metrics.keys()))}",
+            )
+        if mode not in MODES:
+            raise DeepmineError(f"task.mode={mode} is not max or min", "use task.mode=max|min")
+        self.monitor, self.mode = monitor, mode
+        for name, size in self.train_state_sizes().items():
+            dtype = torch.long if name.endswith("counts") else torch.float32
+            self.register_buffer(f"train_{name}", torch.zeros(size, dtype=dtype), persistent=False)
+        self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("train_samples", torch.zeros((), dtype=torch.long), persistent=False)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_best = MaxMetric() if mode == "max" else MinMetric()
+
+    # --- what a task says -------------------------------------------------------------------
+
+    def make_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metric_inputs(self, outputs: torch.Tensor, y: torch.Tensor):
+        """`(preds, target)` for the validation and test metrics."""
+        return outputs, y
+
+    def train_state_sizes(self) -> dict[str, int]:
+        """Names and lengths of the on-device sums of a training epoch (a name ending in
+        `counts` is an integer buffer, any other float32)."""
+        return {}
+
+    def update_train_state(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one training batch (outputs detached) to the sums; tensor ops only."""
+
+    def train_scores(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The epoch's training scores (`train/<name>`) from the sums of all ranks."""
+        return {}
+
+    def on_test_batch(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep what the test plots need (e.g. confusion counts, predictions)."""
+
+    def finish_test(self) -> None:
+        """The test epoch ended: compute what `plots` draws."""
+
+    def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
+        """PNG files of the test results, written into `folder` (logged under plots/)."""
+        return []
+
+    def summary_lines(self, metrics: dict[str, float]) -> list[str]:
+        """What `deepmine train` prints about the result, one line each."""
+        return [
+            f"{key:<14}{value:.4f}" for key, value in sorted(metrics.items()) if key[:5] == "test/"
+        ]
+
+    # --- what every task does ---------------------------------------------------------------
+
+    @property
+    def monitored(self) -> str:
+        return f"val/{self.monitor}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets `_current_fx_name` around every hook it calls, about 47 times per
+        # training step; `nn.Module.__setattr__` costs ~1 µs per call (it searches the
+        # parameter, buffer and module dicts), a plain attribute needs none of that.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation before training; it must not count as a best. A run
+        # resumed from a checkpoint keeps the best it had (restored in on_load_checkpoint).
+        self.val_metrics.reset()
+        if self.trainer.current_epoch == 0:
+            self.val_best.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # torchmetrics states are not in the state_dict; without this a resumed run would
+        # forget its best validation score so far.
+        if self.val_best.update_count:
+            checkpoint["deepmine_val_best"] = float(self.val_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_best.reset()
+        # deepmine_val_acc_best: the key of checkpoints written before tasks had a monitor
+        best = checkpoint.get("deepmine_val_best", checkpoint.get("deepmine_val_acc_best"))
+        if best is not None:
+            self.val_best.update(torch.tensor(best))
+
+    def _train_state(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"train_{name}") for name in self.train_state_sizes()}
+
+    def on_train_epoch_start(self) -> None:
+        for buffer in self._train_state().values():
+            buffer.zero_()
+        self.train_loss_sum.zero_()
+        self.train_samples.zero_()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        outputs = self(x)
+        loss = self.compute_loss(outputs, y)
+        detached = loss.detach()
+        self.update_train_state(outputs.detach(), y)
+        self.train_loss_sum.add_(detached * len(y))
+        self.train_samples.add_(len(y))
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # the steps Lightning's logger connector writes; logging on the others is discarded
+            self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        """`train/loss_epoch` (sample-weighted mean) and the task's training scores, summed
+        over ranks under DDP."""
+        state = {name: buffer.clone() for name, buffer in self._train_state().items()}
+        loss_sum, samples = self.train_loss_sum.clone(), self.train_samples.clone()
+        if self.trainer.world_size > 1:
+            state = {name: self.all_gather(value).sum(0) for name, value in state.items()}
+            loss_sum = self.all_gather(loss_sum).sum()
+            samples = self.all_gather(samples).sum()
+        self.log("train/loss_epoch", loss_sum / samples.clamp_min(1))
+        self.log_dict({f"train/{k}": v for k, v in self.train_scores(state).items()})
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        outputs = self(x)
+        self.val_metrics.update(*self.metric_inputs(outputs, y))
+        self.log("val/loss", self.compute_loss(outputs, y), prog_bar=True, sync_dist=True)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_best(self.val_metrics[self.monitor].compute())
+        self.log(f"{self.monitored}_best", self.val_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        outputs = self(x)
+        self.on_test_batch(outputs, y)
+        self.log("test/loss", self.compute_loss(outputs, y), on_epoch=True, sync_dist=True)
+        self.test_metrics.update(*self.metric_inputs(outputs, y))
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_test()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
