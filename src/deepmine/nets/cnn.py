@@ -23,6 +23,11 @@ class SmallCNN(nn.Module):
         batch_norm: bool = False,
     ):
         super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"a convolutional net needs an image input (channels, height, width), got "
+                f"input_shape {list(input_shape)}; for flat feature vectors use net=mlp"
+            )
         in_channels, height, width = input_shape
         blocks: list[nn.Module] = []
         for out_channels in channels:
