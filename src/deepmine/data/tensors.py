@@ -39,6 +39,8 @@ class TensorDataModule(pl.LightningDataModule):
     #: True when the data is read from the DVC-tracked `data/` folder, so a run must verify it.
     dvc_tracked: ClassVar[bool] = False
     class_names: tuple[str, ...] = ()
+    #: names of the target columns (value and series targets), for plots and summaries
+    target_names: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int = 32, eval_batch_size: int = 1000, shuffle_seed: int = 0):
         super().__init__()

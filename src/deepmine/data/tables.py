@@ -1,0 +1,252 @@
+"""What every tabular datamodule shares: reading a table, checking its columns, filling gaps,
+splitting rows, one-hot encoding and standardizing.
+
+The order matters, and is the same for every table: rows are dropped (`impute=drop`) before
+splitting, so the split sizes count the rows that are really used; everything learned from the
+data afterwards (imputed means and medians, the categories of a one-hot column, the scaling
+statistics) is learned from the training split only, so nothing about the validation or test rows
+leaks into what the model sees.
+
+Each split keeps the table's row order (its indices are sorted): a split is a set of rows, easy
+to compare between runs and to look up in the file; training order is shuffled per epoch anyway.
+
+Every mistake a user can fix is a `DeepmineError` naming the file, the column and the count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deepmine.data.tensors import fit_scaler, split_count
+from deepmine.errors import DeepmineError
+
+SPLITS = ("train", "val", "test")
+IMPUTATIONS = ("mean", "median", "drop")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """The CSV at `path` read by pandas; a missing file or a table with no rows stops the run."""
+    if not path.is_file():
+        raise DeepmineError(
+            f"table {path} does not exist",
+            "set data.path to a CSV file (a relative path is read from the project root)",
+        )
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeepmineError(f"cannot parse {path} as CSV: {first}", "fix the file") from exc
+    require_rows(frame, path)
+    return frame
+
+
+def require_rows(frame: pd.DataFrame, path: Path | str, after: str = "") -> None:
+    """Refuse an empty table (`after`: what emptied it, for the message)."""
+    if len(frame) == 0:
+        raise DeepmineError(
+            f"table {path} has no rows{after}",
+            "point data.path at a CSV with a header line and at least one row per split",
+        )
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], key: str, path: Path) -> None:
+    """Every name in `columns` (read from config key `key`) is a column of the table."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DeepmineError(
+            f"{key} names column(s) {', '.join(map(repr, missing))} that {path} does not have "
+            f"(columns: {', '.join(map(str, frame.columns))})",
+            f"set {key} to column(s) of the table",
+        )
+
+
+def numeric_column(frame: pd.DataFrame, column: str, path: Path, fix: str) -> pd.Series:
+    """`column` as float64, missing values kept as NaN; a value that is not a number stops the run
+    with a sample of it (pandas reads a column with one stray word as text)."""
+    values = frame[column]
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype(np.float64)
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[values.notna() & numbers.isna()]
+    if len(bad):
+        raise DeepmineError(
+            f"column {column!r} of {path} has {len(bad)} non-numeric value(s), e.g. "
+            f"{bad.iloc[0]!r} (row {bad.index[0]})",
+            fix,
+        )
+    return numbers.astype(np.float64)
+
+
+def as_labels(values: pd.Series) -> pd.Series:
+    """Values as label strings, missing kept as NaN; integral floats lose their `.0`, since
+    pandas reads an integer column with a gap as floats (`3` and `3.0` are the same label)."""
+    if pd.api.types.is_float_dtype(values):
+        present = values.dropna()
+        if np.all(np.mod(present, 1) == 0):
+            return values.map(lambda v: v if pd.isna(v) else str(int(v)))
+    return values.map(lambda v: v if pd.isna(v) else str(v))
+
+
+def sorted_labels(values: pd.Series) -> list[str]:
+    """The distinct labels in a stable order: numerically for numbers (2 before 10), else as
+    text; returned as strings."""
+    present = values.dropna()
+    if pd.api.types.is_numeric_dtype(present):
+        distinct = np.unique(present.to_numpy())
+        return list(as_labels(pd.Series(distinct, dtype=present.dtype)))
+    return sorted(as_labels(present).unique())
+
+
+def missing_counts(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:
+    """Columns among `columns` with missing values, and how many each has."""
+    counts = frame[list(columns)].isna().sum()
+    return {str(c): int(n) for c, n in counts.items() if n}
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{column!r}: {n}" for column, n in counts.items())
+
+
+def split_rows(
+    n: int,
+    test_size: float | int,
+    val_size: float | int,
+    seed: int,
+    path: Path | str,
+    labels: np.ndarray | None = None,
+    tail: bool = False,
+) -> dict[str, np.ndarray]:
+    """Row indices of each split. `test_size` and `val_size` are fractions of the whole table or
+    row counts (`val_size=0`: validate on the training rows). The test rows are drawn at random
+    (`tail`: the last `test_size` rows), then the validation rows from the rest, both with
+    `seed`; with `labels` the draws are stratified whenever every class can be represented on
+    both sides, so a rare class is not left out of a split by chance."""
+    n_test = _count(test_size, n, "data.test_size", path)
+    n_val = 0 if val_size == 0 else _count(val_size, n, "data.val_size", path)
+    if n_test + n_val >= n:
+        raise DeepmineError(
+            f"data.test_size={test_size} ({n_test} rows) and data.val_size={val_size} "
+            f"({n_val} rows) leave no training rows out of the {n} rows of {path}",
+            "make data.test_size and data.val_size smaller",
+        )
+    rows = np.arange(n)
+    if tail:
+        rest, test = rows[: n - n_test], rows[n - n_test :]
+    else:
+        rest, test = _draw(rows, n_test, seed, labels)
+    if n_val == 0:
+        # no held-out validation: validate on the training rows, as sources that fit on every
+        # non-test row do (checkpoint choice then follows the training fit)
+        train, val = rest, rest
+    else:
+        train, val = _draw(rest, n_val, seed, labels)
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _count(size: float | int, n: int, key: str, path: Path | str) -> int:
+    try:
+        return split_count(size, n, key)
+    except DeepmineError as exc:
+        raise DeepmineError(f"{path}: {exc.problem}", exc.fix) from None
+
+
+def _draw(
+    rows: np.ndarray, count: int, seed: int, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(kept, drawn)`: `count` rows drawn from `rows` by scikit-learn's `train_test_split`."""
+    from sklearn.model_selection import train_test_split
+
+    strata = labels[rows] if labels is not None else None
+    if strata is not None and not can_stratify(strata, count):
+        strata = None
+    kept, drawn = train_test_split(rows, test_size=count, random_state=seed, stratify=strata)
+    return kept, drawn
+
+
+def can_stratify(labels: np.ndarray, count: int) -> bool:
+    """Whether a stratified draw of `count` of `labels` is possible: every class needs two rows
+    and each side at least one row per class (scikit-learn's own conditions)."""
+    _, class_counts = np.unique(labels, return_counts=True)
+    classes = len(class_counts)
+    return class_counts.min() >= 2 and count >= classes and len(labels) - count >= classes
+
+
+def rows_by_column(values: pd.Series, column: str, path: Path) -> dict[str, np.ndarray]:
+    """Row indices of each split, read from a column holding `train`, `val` or `test` (any case)
+    in every row."""
+    names = values.map(lambda v: v if pd.isna(v) else str(v).strip().lower())
+    unknown = values[~names.isin(SPLITS)]
+    if len(unknown):
+        raise DeepmineError(
+            f"split column {column!r} of {path} has {len(unknown)} row(s) that are not "
+            f"train/val/test, e.g. {unknown.iloc[0]!r} (row {unknown.index[0]})",
+            f"put train, val or test in every row of {column!r}, or set data.split_column=null",
+        )
+    splits = {split: np.flatnonzero((names == split).to_numpy()) for split in SPLITS}
+    for split, rows in splits.items():
+        if len(rows) == 0:
+            raise DeepmineError(
+                f"split column {column!r} of {path} has no {split!r} rows",
+                f"mark some rows {split!r}, or set data.split_column=null for a random split",
+            )
+    return splits
+
+
+def impute(numeric: dict[str, pd.Series], train: np.ndarray, strategy: str) -> dict[str, pd.Series]:
+    """Fill the gaps of numeric columns with the mean or median of their training rows (the
+    statistics of rows a model never trains on would leak into the features)."""
+    filled = {}
+    for column, values in numeric.items():
+        fit = values.iloc[train]
+        fill = fit.mean() if strategy == "mean" else fit.median()
+        filled[column] = values.fillna(0.0 if pd.isna(fill) else fill)
+    return filled
+
+
+def one_hot(labels: pd.Series, train: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """`(categories, matrix)`: one 0/1 column per category seen in the training rows.
+
+    A category met only in validation or test rows, or a missing value, encodes as an all-zero
+    row: the model has never seen it, and a column for it would be constant zero in training.
+    """
+    rendered = as_labels(labels)
+    seen = set(rendered.iloc[train].dropna())
+    categories = [c for c in sorted_labels(labels) if c in seen]
+    codes = pd.Categorical(rendered, categories=categories).codes
+    matrix = np.zeros((len(labels), len(categories)), dtype=np.float32)
+    seen = codes >= 0
+    matrix[np.flatnonzero(seen), codes[seen]] = 1.0
+    return categories, matrix
+
+
+def standardized(
+    x: np.ndarray, numeric: np.ndarray, splits: dict[str, np.ndarray]
+) -> dict[str, torch.Tensor]:
+    """Each split's rows of `x` as float32, the `numeric` columns standardized with the mean and
+    std of the training rows; other columns (one-hot) are kept as 0/1."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    mask = torch.as_tensor(numeric, dtype=torch.bool)
+    mean, std = fit_scaler(x[torch.as_tensor(splits["train"])][:, mask])
+    out = {}
+    for split, rows in splits.items():
+        part = x[torch.as_tensor(rows)].clone()
+        part[:, mask] = (part[:, mask] - mean) / std
+        out[split] = part.contiguous()
+    return out
+
+
+def file_md5(path: Path, chunk_size: int = 1 << 20) -> str:
+    """MD5 of the file's bytes, read in chunks so a large table is never held twice."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
