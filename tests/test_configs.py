@@ -36,8 +36,18 @@ def compose_cfg(tmp_path: Path, *overrides: str, config: str = "train", conf: Pa
 
 
 def test_groups_have_the_documented_options():
-    assert options("data") == ["digits", "fashion_mnist"]
-    assert options("net") == ["cnn", "mlp", "seed_mlp"]
+    assert options("data") == [
+        "co2",
+        "csv",
+        "diabetes",
+        "digits",
+        "elnino",
+        "fashion_mnist",
+        "series_csv",
+        "sunspots",
+    ]
+    assert options("net") == ["cnn", "gru", "lstm", "mlp", "seed_mlp", "transformer"]
+    assert options("task") == ["classification", "forecasting", "regression"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
@@ -115,7 +125,12 @@ def test_ddp_trainer_is_two_gloo_cpu_processes(tmp_path):
     assert not is_ddp(compose_cfg(tmp_path))
 
 
-@pytest.mark.parametrize("data", options("data"))
+#: the image sets; tables and series have their own tests (test_tables.py, test_series.py)
+IMAGE_DATA = ["digits", "fashion_mnist"]
+FLAT_NETS = ["mlp", "seed_mlp"]
+
+
+@pytest.mark.parametrize("data", IMAGE_DATA)
 def test_datamodule_loads_real_data_in_memory(tmp_path, data):
     cfg = compose_cfg(tmp_path, f"data={data}")
     dm = instantiate(cfg.data)
@@ -153,13 +168,23 @@ def test_normalize_options(tmp_path, normalize):
         assert float(x.max()) == 16.0
 
 
-@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("data", IMAGE_DATA)
 @pytest.mark.parametrize("net", options("net"))
-def test_every_net_fits_every_data(tmp_path, net, data):
+def test_every_net_fits_every_image_data(tmp_path, net, data):
     cfg = compose_cfg(tmp_path, f"net={net}", f"data={data}")
     model = instantiate(cfg.net)
     x = torch.rand(3, *cfg.data.input_shape)
     assert model(x).shape == (3, cfg.data.num_classes)
+
+
+@pytest.mark.parametrize("net", options("net"))
+def test_flat_tables_fit_flat_nets_and_sequence_nets_say_so(tmp_path, net):
+    cfg = compose_cfg(tmp_path, f"net={net}", "task=regression", "data=diabetes")
+    if net in FLAT_NETS:
+        assert instantiate(cfg.net)(torch.rand(3, 10)).shape == (3, 1)
+    else:
+        with pytest.raises(Exception, match="net=mlp"):
+            instantiate(cfg.net)
 
 
 def test_seed_mlp_is_the_seed_article_model(tmp_path):

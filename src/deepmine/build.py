@@ -27,16 +27,34 @@ class Parts:
     trainer: object
 
 
+def checked_instantiate(config, **kwargs):
+    """`hydra.utils.instantiate`, letting a `DeepmineError` raised by a constructor through as
+    itself: Hydra wraps every constructor error in an `InstantiationException`, which would
+    turn the one-line message (problem and fix) into a traceback."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, DeepmineError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def build_task(cfg: DictConfig):
-    net = instantiate(cfg.net)
-    optimizer = instantiate(cfg.optimizer)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return instantiate(cfg.task, net=net, optimizer=optimizer, scheduler=scheduler)
+    net = checked_instantiate(cfg.net)
+    optimizer = checked_instantiate(cfg.optimizer)
+    scheduler = checked_instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return checked_instantiate(cfg.task, net=net, optimizer=optimizer, scheduler=scheduler)
 
 
 def build_callbacks(cfg: DictConfig) -> list:
     """Callbacks are keyed by name in conf/callbacks/ so any one can be nulled."""
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = (cfg.get("callbacks") or {}).values()
+    return [checked_instantiate(c) for c in callbacks if c is not None]
 
 
 def build_datamodule(cfg: DictConfig):
@@ -45,7 +63,7 @@ def build_datamodule(cfg: DictConfig):
     if cfg.data.get("targets") == "auto" and task_targets:
         with open_dict(cfg.data):
             cfg.data.targets = task_targets  # a table serves classification and regression
-    datamodule = instantiate(cfg.data)
+    datamodule = checked_instantiate(cfg.data)
     data_targets = getattr(datamodule, "targets", None)
     if task_targets and data_targets and task_targets != data_targets:
         raise DeepmineError(
@@ -78,5 +96,5 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Parts:
     datamodule = build_datamodule(cfg)
     task = build_task(cfg)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    trainer = checked_instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     return Parts(datamodule, task, trainer)

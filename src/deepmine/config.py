@@ -53,11 +53,21 @@ def describe_error(exc: BaseException) -> str | None:
     """One line for a Hydra/OmegaConf composition error, or None if `exc` is not one."""
     from hydra.errors import (
         ConfigCompositionException,
+        InstantiationException,
         MissingConfigException,
         OverrideParseException,
     )
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(exc, InstantiationException):
+        # a constructor refused its arguments (e.g. a net given a shape it cannot read)
+        cause = exc.__cause__ or exc
+        key = re.search(r"full_key: (\S+)", str(exc))
+        where = key.group(1) if key else "the config"
+        return (
+            f"cannot build {where}: {type(cause).__name__}: {first_line(cause)}. Fix: change "
+            f"the {where}.* options (or the {where}= choice) as the message says"
+        )
     if isinstance(exc, MissingConfigException):
         found = re.search(r"Could not find '([^']+)'", str(exc))
         missing = found.group(1) if found else str(exc.missing_cfg_file)

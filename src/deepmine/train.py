@@ -216,7 +216,10 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
     data_cls = hydra.utils.get_class(cfg.data._target_)  # the first import of torch/lightning
     timeline.mark("imported")
     tracked = bool(getattr(data_cls, "dvc_tracked", False))
-    tags = {"deepmine.data.dvc_tracked": str(tracked).lower()}
+    tags = {}
+    if cfg.data.get("path"):
+        tracked, tags = _user_file(cfg, root)
+    tags["deepmine.data.dvc_tracked"] = str(tracked).lower()
     if (root / DVC_FILE).is_file():
         tags["deepmine.data.md5"] = read_pin(root).md5
     if not tracked:
@@ -236,6 +239,26 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
         tags["deepmine.data.changed"] = changed
         tags["deepmine.data.mismatch_allowed"] = "true"
     return tags
+
+
+def _user_file(cfg: DictConfig, root: Path) -> tuple[bool, dict[str, str]]:
+    """A data file the user names (`data.path`, e.g. a CSV): made absolute in the config, so
+    the recorded run does not depend on the directory it was started from. Inside `data/` it
+    is versioned by DVC like every file there; outside, the run records its path and MD5."""
+    from deepmine.data.csv_table import resolve
+    from deepmine.data.tables import file_md5
+    from deepmine.data.version import DATA_DIR
+
+    path = resolve(cfg.data.path)
+    if not path.is_file():
+        raise DeepmineError(
+            f"data.path={cfg.data.path}: {path} does not exist",
+            "point data.path at a CSV file (relative to the current directory or the project)",
+        )
+    cfg.data.path = str(path)
+    if path.is_relative_to((root / DATA_DIR).resolve()):
+        return True, {}
+    return False, {"deepmine.data.csv.path": str(path), "deepmine.data.csv.md5": file_md5(path)}
 
 
 def connect_store(cfg: DictConfig):
@@ -366,6 +389,9 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
     plots.mkdir(exist_ok=True)
     for path in task.plots(plots, run.run_id[:8], parts.datamodule):
         run.log_file(path, "plots")
+    names = getattr(parts.datamodule, "class_names", ())
+    if names:  # a table's labels are known only once it is read
+        run.set_tags({"deepmine.data.class_names": ", ".join(map(str, names))[:8000]})
     history = trainer.loggers[0].history
     curves = learning_curves_png(
         history, plots / "learning_curves.png", run.run_id[:8], task.monitor

@@ -100,7 +100,8 @@ class Task(pl.LightningModule):
         """Add one training batch (outputs detached) to the sums; tensor ops only."""
 
     def train_scores(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The epoch's training scores (`train/<name>`) from the sums of all ranks."""
+        """The epoch's training scores (`train/<name>`) from the sums of all ranks; `state`
+        also holds `samples`, the number of training samples they cover."""
         return {}
 
     def on_test_batch(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
@@ -189,6 +190,7 @@ class Task(pl.LightningModule):
             loss_sum = self.all_gather(loss_sum).sum()
             samples = self.all_gather(samples).sum()
         self.log("train/loss_epoch", loss_sum / samples.clamp_min(1))
+        state["samples"] = samples
         self.log_dict({f"train/{k}": v for k, v in self.train_scores(state).items()})
 
     def validation_step(self, batch, batch_idx: int) -> None:
