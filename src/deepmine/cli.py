@@ -18,7 +18,8 @@ commands:
   train [overrides]   compose conf/train.yaml, train, test, record the run in MLflow
                       (-m/--multirun sweeps; --cfg job prints the config; --help lists groups)
   eval  [overrides]   test a checkpoint (ckpt_path=...) or a recorded run (run_id=...)
-  data pull           fill data/ (DVC remote, else the local public source) and verify it
+  data pull [--force] fill data/ (DVC remote, else the local public sources) and verify it;
+                      --force overwrites local changes
   data status         say whether data/ matches the version pinned in data.dvc
   reproduce <experiment> [overrides]
                       run a claim of experiments/ for all its seeds, compare with the
@@ -113,6 +114,9 @@ def _data(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="deepmine data", description="DVC-versioned data/")
     parser.add_argument("action", choices=["pull", "status"])
     parser.add_argument("--root", help="project root (default: this checkout)")
+    parser.add_argument(
+        "--force", action="store_true", help="pull: overwrite local changes in data/"
+    )
     ns = parser.parse_args(args)
     from pathlib import Path
 
@@ -121,7 +125,7 @@ def _data(args: list[str]) -> int:
 
     root = Path(ns.root).resolve() if ns.root else project_root()
     if ns.action == "pull":
-        print(version.pull(root))
+        print(version.pull(root, force=ns.force))
         return 0
     state = version.check(root)
     print(state.describe())

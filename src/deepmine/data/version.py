@@ -2,9 +2,11 @@
 
 Everything here goes through DVC (its Python API: `Repo.data_status`, `pull`, `commit`), so the
 answer is the one `dvc status` would give. The only thing DVC cannot do for us is fetch the
-bytes when no DVC remote exists yet; then `pull` copies them from the public source installed on
-the machine (Debian's `dataset-fashion-mnist`) and lets `dvc commit` prove they are the pinned
-bytes: if the recomputed hash differs from `data.dvc`, the copy is refused and rolled back.
+bytes when no DVC remote exists yet; then `pull` rebuilds them from the public sources installed on
+the machine (Fashion-MNIST copied from Debian's `dataset-fashion-mnist`; `series/` written from
+the statsmodels package by `series_export`, byte for byte the same on every machine) and lets
+`dvc commit` prove they are the pinned bytes: if the recomputed hash differs from `data.dvc`, the
+copy is refused and rolled back.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from deepmine.errors import DeepmineError
 DVC_FILE = "data.dvc"
 DATA_DIR = "data"
 
-#: Public, offline sources for the folders under data/: folder -> (Debian package, its path).
-PUBLIC_SOURCES = {
+#: Debian packages holding folders of data/: folder -> (package, where it installs them).
+DEBIAN_SOURCES = {
     "fashion_mnist": ("dataset-fashion-mnist", Path("/usr/share/datasets/fashion-mnist")),
 }
 
@@ -159,23 +161,56 @@ def _public_source_dir(package: str, fallback: Path) -> Path:
     )
 
 
+def _copy_debian(folder: str, target: Path) -> None:
+    package, fallback = DEBIAN_SOURCES[folder]
+    shutil.copytree(_public_source_dir(package, fallback), target)
+
+
+def _write_series(folder: str, target: Path) -> None:
+    """`folder` is always `series`; the filler signature is shared with `_copy_debian`."""
+    from deepmine.data.series_export import write_series
+
+    write_series(target)
+
+
+#: How each folder of data/ is rebuilt offline: folder -> filler(folder, target path).
+PUBLIC_SOURCES = {
+    "fashion_mnist": _copy_debian,
+    "series": _write_series,
+}
+
+
 def _fill_from_public_sources(root: Path) -> None:
-    """Copy the sources into a fresh data/ atomically, then prove them with `dvc commit`."""
+    """Build a complete data/ from the sources in a staging folder, swap it in, then prove it
+    with `dvc commit`.
+
+    The swap is two renames (old data/ aside, staged folder in), so data/ is missing only
+    between them, never while files are being copied or written: other processes may be
+    reading it.
+    """
     data = root / DATA_DIR
     staging = Path(tempfile.mkdtemp(prefix=".data-", dir=root))
+    retired = root / f"{staging.name}-old"
     try:
-        for folder, (package, fallback) in PUBLIC_SOURCES.items():
-            source = _public_source_dir(package, fallback)
-            shutil.copytree(source, staging / folder)
+        for folder, fill in PUBLIC_SOURCES.items():
+            fill(folder, staging / folder)
         if data.exists():
-            shutil.rmtree(data)
-        staging.rename(data)
+            data.rename(retired)
+        try:
+            staging.rename(data)
+        except OSError:
+            if retired.exists():
+                retired.rename(data)  # put the old data/ back rather than lose it
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     dvc_file = root / DVC_FILE
     pinned_text, pinned = dvc_file.read_text(), read_pin(root)
     with _repo(root) as repo:
-        repo.commit(str(dvc_file), force=True)  # hashes data/ and fills the DVC cache
+        # hashes data/ and fills the DVC cache; no relink: the files just written are the bytes
+        # committed, and relinking would delete and rewrite each of them once more
+        repo.commit(str(dvc_file), force=True, relink=False)
     if read_pin(root).md5 != pinned.md5:
         dvc_file.write_text(pinned_text)
         shutil.rmtree(data, ignore_errors=True)
