@@ -57,14 +57,16 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [checked_instantiate(c) for c in callbacks if c is not None]
 
 
-def build_datamodule(cfg: DictConfig):
-    """The datamodule, checked against the task, with the config's null shapes filled in."""
+def check_pairing(cfg: DictConfig) -> None:
+    """Refuse a task and data of different target kinds (task=regression on images), reading
+    only their classes: a plain `targets` key of the data config (a table serves classification
+    and regression) wins over the class's, and `auto` becomes the task's kind."""
     task_targets = getattr(get_class(cfg.task._target_), "targets", None)
-    if cfg.data.get("targets") == "auto" and task_targets:
+    configured = cfg.data.get("targets")
+    if configured == "auto" and task_targets:
         with open_dict(cfg.data):
-            cfg.data.targets = task_targets  # a table serves classification and regression
-    datamodule = checked_instantiate(cfg.data)
-    data_targets = getattr(datamodule, "targets", None)
+            cfg.data.targets = configured = task_targets
+    data_targets = configured or getattr(get_class(cfg.data._target_), "targets", None)
     if task_targets and data_targets and task_targets != data_targets:
         raise DeepmineError(
             f"the task ({cfg.task._target_.rsplit('.', 1)[-1]}) learns from {task_targets} "
@@ -72,6 +74,12 @@ def build_datamodule(cfg: DictConfig):
             "targets",
             _pairing_hint(task_targets),
         )
+
+
+def build_datamodule(cfg: DictConfig):
+    """The datamodule, checked against the task, with the config's null shapes filled in."""
+    check_pairing(cfg)
+    datamodule = checked_instantiate(cfg.data)
     missing = [key for key in SHAPE_KEYS if key in cfg.data and cfg.data[key] is None]
     if missing:
         shapes = datamodule.shapes()

@@ -215,6 +215,9 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
     root = Path(cfg.paths.root_dir)
     data_cls = hydra.utils.get_class(cfg.data._target_)  # the first import of torch/lightning
     timeline.mark("imported")
+    from deepmine.build import check_pairing
+
+    check_pairing(cfg)  # before anything reads the task's shape keys from the wrong data
     tracked = bool(getattr(data_cls, "dvc_tracked", False))
     tags = {}
     if cfg.data.get("path"):
