@@ -37,9 +37,14 @@ def test_forecasting_run_records_scores_baselines_verdicts_and_plot(forecast_run
         for score in ("mae", "rmse", "smape", "mase"):
             assert f"baseline/{name}/{score}" in metrics, (name, score)
         beats = metrics[f"beats/{name}"]
-        assert beats == float(metrics["test/mase"] < metrics[f"baseline/{name}/mase"])
+        baseline = metrics[f"baseline/{name}/mase"]
+        assert beats == float(metrics["test/mase"] < baseline)
+        skill = (baseline - metrics["test/mase"]) / baseline
+        assert metrics[f"skill/{name}"] == pytest.approx(skill, rel=1e-5)
         verdict = "beats" if beats else "does not beat"
         assert f"net {verdict} {name} on test/mase" in proc.stdout
+    skills = [metrics[f"skill/{name}"] for name in ("naive", "seasonal_naive", "arima")]
+    assert metrics["skill/best_baseline"] == pytest.approx(min(skills))
     assert "plots/forecast.png" in artifact_paths(box.client(), run.info.run_id)
     summary = json.loads(next(box.logs.glob("train/runs/*/*/metrics.json")).read_text())
     assert summary["objective"]["name"] == "val/mase_best"

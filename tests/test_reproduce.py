@@ -160,3 +160,29 @@ def test_reproduce_run_refuses_what_it_cannot_reproduce(sandbox):
     proc = attempt(bare)
     assert proc.returncode == 2 and "is deleted" in one_line_error(proc)
     assert len(sandbox.runs()) == 1, "refusals start no run"
+
+
+def test_comparative_claims_judge_a_bound_not_a_band():
+    from deepmine.claims import Claim
+
+    at_least = Claim("c", "s", "skill/arima", -0.1, 0.0, [0], "at_least")
+    assert at_least.holds(-0.1) and at_least.holds(0.5) and not at_least.holds(-0.11)
+    assert at_least.stated() == "≥ -0.1000"
+    at_most = Claim("c", "s", "test/mase", 1.0, 0.05, [0], "at_most")
+    assert at_most.holds(1.05) and not at_most.holds(1.06)
+    within = Claim("c", "s", "test/acc", 0.9, 0.01, [0])
+    assert within.holds(0.905) and not within.holds(0.92)
+    assert within.stated() == "0.9000 ± 0.01"
+
+
+def test_comparative_claim_files_load_and_a_bad_kind_is_named():
+    import pytest
+
+    from deepmine import claims
+    from deepmine.errors import DeepmineError
+
+    claim, cfg = claims.load("sunspots_mlp_beats_baselines")
+    assert claim.kind == "at_least" and claim.metric == "skill/best_baseline"
+    assert cfg.task._target_.endswith("ForecastingTask")
+    with pytest.raises(DeepmineError, match="kind='sideways'"):
+        claims.load("co2_mlp_vs_airline_arima", ["claim.kind=sideways"])

@@ -6,6 +6,11 @@
       published: 0.871          # null for a baseline this project measures itself
       tolerance: 0.01           # |reproduced mean - published| allowed
       seeds: [0, 1, 2]          # one run per seed
+      kind: within              # optional: within (default) | at_least | at_most
+
+`kind` says what is claimed: `within` the published value ± tolerance (a reproduction), or
+`at_least` / `at_most` that value, less / plus the tolerance (a comparative claim, e.g. "the net
+beats the ARIMA baseline": `skill/arima` at least 0).
 
 A claim is read by composing `experiment=<name>` (with any extra overrides) exactly as a run
 would, so what is checked is what runs.
@@ -19,6 +24,7 @@ from deepmine.errors import DeepmineError
 from deepmine.project import experiments_dir
 
 REQUIRED = ("source", "metric", "published", "tolerance", "seeds")
+KINDS = ("within", "at_least", "at_most")
 
 
 @dataclass
@@ -29,10 +35,32 @@ class Claim:
     published: float | None
     tolerance: float
     seeds: list[int]
+    kind: str = "within"
 
     @property
     def is_baseline(self) -> bool:
         return self.published is None
+
+    def holds(self, mean: float) -> bool:
+        """Whether a reproduced mean supports the claim (a baseline: always)."""
+        if self.is_baseline:
+            return True
+        slack = self.tolerance + 1e-12
+        if self.kind == "at_least":
+            return mean >= self.published - slack
+        if self.kind == "at_most":
+            return mean <= self.published + slack
+        return abs(mean - self.published) <= slack
+
+    def stated(self) -> str:
+        """The claimed value as the reports show it."""
+        if self.is_baseline:
+            return "—"
+        if self.kind == "within":
+            return f"{self.published:.4f} ± {self.tolerance:g}"
+        sign = "≥" if self.kind == "at_least" else "≤"
+        slack = f" (tolerance {self.tolerance:g})" if self.tolerance else ""
+        return f"{sign} {self.published:.4f}{slack}"
 
 
 def available() -> list[str]:
@@ -90,6 +118,11 @@ def _checked(name: str, raw) -> Claim:
     seeds = list(seeds) if seeds is not None and not isinstance(seeds, str | int) else None
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise DeepmineError(f"{where}.seeds must be a non-empty list of integers", "e.g. [0, 1, 2]")
+    kind = str(raw.get("kind") or "within")
+    if kind not in KINDS:
+        raise DeepmineError(
+            f"{where}.kind={kind!r} is not one of {', '.join(KINDS)}", "e.g. within"
+        )
     if not str(raw.metric or "").strip() or not str(raw.source or "").strip():
         raise DeepmineError(f"{where} needs a non-empty metric and source", "e.g. test/acc")
     return Claim(
@@ -99,6 +132,7 @@ def _checked(name: str, raw) -> Claim:
         published=None if published is None else float(published),
         tolerance=float(tolerance),
         seeds=[int(s) for s in seeds],
+        kind=kind,
     )
 
 

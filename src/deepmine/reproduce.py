@@ -59,9 +59,7 @@ class Outcome:
     def ok(self) -> bool:
         if self.failed_seeds or self.mean is None:
             return False
-        if self.claim.is_baseline:
-            return True
-        return abs(self.mean - self.claim.published) <= self.claim.tolerance + 1e-12
+        return self.claim.holds(self.mean)
 
     @property
     def verdict(self) -> str:
@@ -72,6 +70,10 @@ class Outcome:
         if self.claim.is_baseline:
             return "baseline measured (no published number)"
         gap = self.mean - self.claim.published
+        if self.claim.kind != "within":
+            side = "at least" if self.claim.kind == "at_least" else "at most"
+            verdict = "holds" if self.ok else "does not hold"
+            return f"claim {verdict}: {self.mean:.4f} vs {side} {self.claim.published:.4f}"
         inside = "within" if self.ok else "outside"
         return f"{inside} tolerance ({gap:+.4f} vs ±{self.claim.tolerance:g})"
 
@@ -186,7 +188,7 @@ def _report(outcome: Outcome, store, sweep_dir: Path) -> None:
 
 def report_markdown(outcome: Outcome) -> str:
     claim = outcome.claim
-    published = "—" if claim.is_baseline else f"{claim.published:.4f} ± {claim.tolerance:g}"
+    published = claim.stated()
     lines = [
         f"# Reproduction of `{claim.name}`",
         "",
@@ -270,7 +272,7 @@ def _reproduction_md(rows: dict, total_s: float, rerun: list[str], notes: str = 
     for name in sorted(rows):
         row = rows[name]
         claim = row["claim"]
-        published = "—" if claim["published"] is None else f"{claim['published']:.4f}"
+        published = Claim(**{"kind": "within", **claim}).stated()
         if row["mean"] is None:
             reproduced = "-"
         else:

@@ -8,7 +8,9 @@ A forecast means little without the simple methods beside it, so the test epoch 
 the data config's baselines (naive, seasonal naive, ARIMA/ETS fitted on the training part
 only) on exactly the windows the net was tested on, logs them in the same run as
 `baseline/<name>/<metric>`, and says whether the net beat each on the monitored metric
-(`beats/<name>`: 1 or 0; printed in the run's summary).
+(`beats/<name>`: 1 or 0; printed in the run's summary) and by how much (`skill/<name>`, the
+relative improvement; `skill/best_baseline` against the strongest baseline, what a comparative
+claim "beats every baseline" reads).
 """
 
 from __future__ import annotations
@@ -175,15 +177,26 @@ class ForecastingTask(ScaledTargetsTask):
         # the windows the net was tested on (all of them, unless limit_test_batches cut some)
         count = len(forecast)
         net_scores = forecast_scores(forecast, actual, self.mase_scale.cpu())
-        better = min if self.mode == "min" else max
+        skills = []
         for name, predicted in baseline_forecasts(datamodule).items():
             predicted = predicted[:count]
             self.baseline_forecasts[name] = predicted
             scores = forecast_scores(predicted, actual, self.mase_scale.cpu())
             for metric, value in scores.items():
                 self.log(f"baseline/{name}/{metric}", value)
-            net, base = net_scores[self.monitor], scores[self.monitor]
-            self.log(f"beats/{name}", float(better(net, base) == net and net != base))
+            skill = self._skill(net_scores[self.monitor], scores[self.monitor])
+            skills.append(skill)
+            self.log(f"skill/{name}", skill)
+            self.log(f"beats/{name}", float(skill > 0))
+        self.log("skill/best_baseline", min(skills))
+
+    def _skill(self, net: float, baseline: float) -> float:
+        """The net's relative improvement over a baseline on the monitored metric (a skill
+        score: 0.25 = a quarter less error than the baseline; below 0: worse)."""
+        gain = baseline - net if self.mode == "min" else net - baseline
+        if baseline == 0:  # a perfect baseline: only a perfect net ties it
+            return 0.0 if gain == 0 else float("-inf") if gain < 0 else float("inf")
+        return gain / abs(baseline)
 
     def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
         from deepmine.plots import forecast_png
