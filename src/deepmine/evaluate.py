@@ -55,8 +55,9 @@ def evaluate(cfg: DictConfig) -> dict:
         )
         data_tags = verify_data(model_cfg)
         metrics, run_id = _test(cfg, model_cfg, checkpoint, store, data_tags)
+    width = max([14, *(len(key) + 2 for key in metrics)])
     for key, value in sorted(metrics.items()):
-        print(f"{key:<14}{value:.4f}")
+        print(f"{key:<{width}}{value:.4f}")
     if run_id:
         print(f"MLflow run    {run_id} (experiment '{cfg.experiment_name}')")
     return metrics

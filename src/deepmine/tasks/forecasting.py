@@ -174,17 +174,24 @@ class ForecastingTask(ScaledTargetsTask):
             return
         from deepmine.forecasting.baselines import baseline_forecasts
 
-        # the windows the net was tested on (all of them, unless limit_test_batches cut some)
+        # The windows the net was tested on: on one process the first `count` (all of them,
+        # unless limit_test_batches cut some). Under DDP each rank holds a shard, so the net's
+        # score is the test metric synced over ranks and the baselines take every window.
         count = len(forecast)
-        net_scores = forecast_scores(forecast, actual, self.mase_scale.cpu())
+        scale = self.mase_scale.cpu()
+        if self.trainer.world_size > 1:
+            net = float(self.test_metrics[self.monitor].compute())
+            actual, count = datamodule.tensors["test"][1].contiguous(), None
+        else:
+            net = forecast_scores(forecast, actual, scale)[self.monitor]
         skills = []
         for name, predicted in baseline_forecasts(datamodule).items():
             predicted = predicted[:count]
             self.baseline_forecasts[name] = predicted
-            scores = forecast_scores(predicted, actual, self.mase_scale.cpu())
+            scores = forecast_scores(predicted, actual, scale)
             for metric, value in scores.items():
                 self.log(f"baseline/{name}/{metric}", value)
-            skill = self._skill(net_scores[self.monitor], scores[self.monitor])
+            skill = self._skill(net, scores[self.monitor])
             skills.append(skill)
             self.log(f"skill/{name}", skill)
             self.log(f"beats/{name}", float(skill > 0))
@@ -204,13 +211,16 @@ class ForecastingTask(ScaledTargetsTask):
         if self.tested is None or datamodule is None:
             return []
         forecast = self.tested[0]
-        origins = datamodule.window_origins["test"][: len(forecast)]
+        # this process's test windows: all of them, or rank 0's shard under DDP
+        world = self.trainer.world_size if self._trainer is not None else 1
+        origins = datamodule.window_origins["test"][::world][: len(forecast)]
+        baselines = {k: v[::world][: len(forecast)] for k, v in self.baseline_forecasts.items()}
         return [
             forecast_png(
                 datamodule.time_index,
                 datamodule.target_series,
                 origins,
-                {"net": forecast, **self.baseline_forecasts},
+                {"net": forecast, **baselines},
                 folder / "forecast.png",
                 f"{title} test forecasts",
                 list(datamodule.target_names),
