@@ -100,3 +100,18 @@ def test_bad_level_is_one_clear_error(tmp_path):
 
     with pytest.raises(DeepmineError, match=r"task\.level=up"):
         build(compose_cfg(tmp_path, *SUNSPOTS, "net=mlp", "task.level=up"))
+
+
+def test_the_resolved_config_carries_the_shapes_the_data_filled(tmp_path):
+    """What DDP ranks and the run's params receive: the shapes filled from the data, not the
+    nulls of the data config (a rank would build a net of no width)."""
+    from omegaconf import OmegaConf
+
+    from deepmine.build import build_datamodule
+
+    cfg = compose_cfg(tmp_path, *SUNSPOTS, "net=mlp", "data.horizon=5")
+    assert cfg.data.num_outputs is None
+    build_datamodule(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["data"]["num_outputs"] == resolved["net"]["num_outputs"] == 5
+    assert resolved["task"]["horizon"] == 5

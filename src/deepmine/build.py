@@ -98,10 +98,11 @@ def _pairing_hint(task_targets: str) -> str:
     }.get(task_targets, "pick a data config made for this task")
 
 
-def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Parts:
+def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) -> Parts:
     """Everything but the logger: a broken config fails here, before any run is opened.
-    `extra_callbacks` come from the run's context, not its config (a sweep's pruning hook)."""
-    datamodule = build_datamodule(cfg)
+    `extra_callbacks` come from the run's context, not its config (a sweep's pruning hook);
+    `datamodule`, one `build_datamodule(cfg)` made already."""
+    datamodule = datamodule if datamodule is not None else build_datamodule(cfg)
     task = build_task(cfg)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
     trainer = checked_instantiate(cfg.trainer, callbacks=callbacks, logger=False)

@@ -70,7 +70,7 @@ def _train(cfg: DictConfig) -> float | None:
         _print_config(cfg)
 
     from deepmine import distributed
-    from deepmine.build import build
+    from deepmine.build import build, build_datamodule
     from deepmine.seeding import seed_everything
 
     seed_everything(seed, deterministic=bool(cfg.trainer.get("deterministic")))
@@ -79,8 +79,10 @@ def _train(cfg: DictConfig) -> float | None:
     # build their parts from the config alone, so searches over DDP runs do not prune.
     pruning = job.callbacks() if job and not distributed.is_ddp(cfg) else []
     pruned_errors = job.pruned_errors() if pruning else ()
+    # The data fills the config's null shape keys before DDP ranks get the resolved config.
+    datamodule = build_datamodule(cfg)
     with distributed.ranks(cfg, output_dir):
-        parts = build(cfg, extra_callbacks=pruning)
+        parts = build(cfg, extra_callbacks=pruning, datamodule=datamodule)
         timeline.mark("built")
         if store is None:
             result = _fit_and_test(cfg, parts, output_dir)
