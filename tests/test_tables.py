@@ -252,7 +252,6 @@ def bad_tables() -> list:
         (base, {"num_classes": 4}, ["data.num_classes=4", "3"]),
         (base, {"targets": "auto"}, ["data.targets=auto", "data.targets=class"]),
         (base, {"impute": "zero"}, ["data.impute='zero'", "median"]),
-        (base, {"categorical_encoding": "embedding"}, ["'embedding'", "onehot"]),
     ]
 
 

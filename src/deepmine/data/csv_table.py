@@ -31,7 +31,6 @@ from deepmine.errors import DeepmineError
 from deepmine.project import project_root
 
 TARGET_KINDS = ("class", "value")
-ENCODINGS = ("onehot",)
 NOT_NUMERIC_FIX = "list it under data.categorical, or fix the values"
 
 
@@ -45,7 +44,6 @@ class CSVDataModule(TensorDataModule):
         targets: str = "auto",
         features: Sequence[str] | None = None,
         categorical: Sequence[str] | None = None,
-        categorical_encoding: str = "onehot",
         impute: str | None = None,
         split_column: str | None = None,
         test_size: float | int = 0.2,
@@ -61,7 +59,6 @@ class CSVDataModule(TensorDataModule):
     ):
         super().__init__(batch_size, eval_batch_size, shuffle_seed)
         self.targets = _check_choice("targets", targets, TARGET_KINDS, auto_hint=True)
-        _check_choice("categorical_encoding", categorical_encoding, ENCODINGS)
         if impute is not None:
             _check_choice("impute", impute, tables.IMPUTATIONS)
         self.path = resolve(path)
