@@ -10,6 +10,7 @@ import urllib.request
 from test_ui import free_port
 
 from conftest import deepmine_env, run_cli
+from deepmine.tracking.ui import stop_group
 
 
 def test_run_recorded_through_a_real_mlflow_server(tmp_path):
@@ -33,6 +34,7 @@ def test_run_recorded_through_a_real_mlflow_server(tmp_path):
         env=deepmine_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, stopped whole below
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -65,5 +67,5 @@ def test_run_recorded_through_a_real_mlflow_server(tmp_path):
         assert list((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))
         assert not (tmp_path / "mlartifacts").exists()
     finally:
-        server.terminate()
+        stop_group(server)  # the server, uvicorn, the job runner and its consumers
         server.wait(timeout=30)

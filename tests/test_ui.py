@@ -1,13 +1,17 @@
-"""`deepmine ui` serves a real MLflow UI on the store the runs were written to."""
+"""`deepmine ui` serves a real MLflow UI on the store the runs were written to, and SIGTERM
+stops its whole process tree (the MLflow CLI, uvicorn, the job runner and its consumers)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+
+import psutil
 
 from conftest import deepmine_env
 
@@ -39,6 +43,7 @@ def test_ui_serves_the_recorded_run(sandbox):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    tree: list[psutil.Process] = []
     try:
         url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/get?run_id={run.info.run_id}"
         deadline, body = time.time() + 90, None
@@ -53,6 +58,23 @@ def test_ui_serves_the_recorded_run(sandbox):
         assert served["info"]["run_name"] == run.info.run_name
         params = {p["key"]: p["value"] for p in served["data"]["params"]}
         assert params["data._target_"] == "deepmine.data.digits.DigitsDataModule"
+        tree = psutil.Process(server.pid).children(recursive=True)
+        assert len(tree) >= 2, "mlflow ui and its server should be running under deepmine ui"
+        server.terminate()  # SIGTERM to deepmine ui alone, as `kill <pid>` would
+        assert server.wait(timeout=30) == 0
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        survivors = [" ".join(p.cmdline()[:4]) for p in alive if _running(p)]
+        assert not survivors, f"outlived deepmine ui: {survivors}"
     finally:
-        server.terminate()
+        for process in tree:  # never leave a server behind, even when the test fails
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        server.kill()
         server.wait(timeout=30)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

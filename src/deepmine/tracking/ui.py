@@ -1,9 +1,22 @@
-"""`deepmine ui`: the MLflow UI on the same store the runs were written to."""
+"""`deepmine ui`: the MLflow UI on the same store the runs were written to.
+
+`mlflow ui` is a tree of processes (the CLI, uvicorn, a job runner and its huey consumers).
+Stopping only the process that started it orphans the rest, still holding the port and
+gigabytes of memory. So the tree runs in a session of its own, and whatever stops
+`deepmine ui` — Ctrl-C, SIGTERM, SIGHUP, the UI exiting by itself — stops that whole process
+group: SIGTERM first, SIGKILL for whatever is left after a grace period.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+
+#: seconds the UI's processes get to exit after SIGTERM before the group is killed
+GRACE_S = 10.0
 
 
 def default_tracking_uri() -> str:
@@ -28,10 +41,36 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
     ]
 
 
+class _Stopped(Exception):
+    """A stop signal reached `deepmine ui`."""
+
+
 def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
     uri = tracking_uri or default_tracking_uri()
     print(f"MLflow UI on {uri}: open http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    child = subprocess.Popen(ui_command(uri, host, port), start_new_session=True)
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        return subprocess.call(ui_command(uri, host, port))
-    except KeyboardInterrupt:
+        return child.wait()
+    except (_Stopped, KeyboardInterrupt):
         return 0
+    finally:
+        stop_group(child)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_group(child: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """Stop every process of `child`'s process group (the session it leads), even those its
+    leader has left behind."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)  # stragglers, and the leader if it hung
+    child.wait()
