@@ -114,3 +114,19 @@ def test_a_sweep_with_an_unknown_option_starts_no_job(sandbox):
     proc = run_cli("train", "-m", *args, cwd=sandbox.cwd)
     assert_refused(sandbox, proc, "unknown option 'cnnn' for config group 'net'")
     assert not list(sandbox.logs.glob("train/multiruns/*/*/0"))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seed=-1", "seed=-1 is outside [0, 2**32)"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid: it must be at least 1"),
+        ("data.batch_size=0", "data.batch_size=0 is not valid"),
+        ("data.batch_size=-32", "data.batch_size=-32 is not valid"),
+        ("data.eval_batch_size=0", "data.eval_batch_size=0 is not valid"),
+        ("optimizer.lr=-0.001", "optimizer.lr=-0.001 is not valid: it must be a positive number"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_before_a_run_opens(sandbox, override, expected):
+    proc = sandbox.train("data=digits", override)
+    assert_refused(sandbox, proc, expected, "Fix:")

@@ -177,13 +177,43 @@ def _type_mismatch(expected: object, actual: object, key: str = "") -> str | Non
 
 
 def check_seed(cfg: DictConfig) -> int:
-    """The seed is an int, never null: a run without a seed cannot be reproduced."""
+    """The seed is an int, never null: a run without a seed cannot be reproduced. NumPy takes
+    seeds in [0, 2**32) only, and says so in a long traceback."""
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DeepmineError(
             f"seed must be an integer, got {seed!r}", "pass an integer, e.g. seed=42 (0 is valid)"
         )
+    if not 0 <= seed < 2**32:
+        raise DeepmineError(
+            f"seed={seed} is outside [0, 2**32), the seeds NumPy accepts",
+            "pass a non-negative integer below 4294967296, e.g. seed=42",
+        )
     return seed
+
+
+#: Values a config can check before any run exists, so a bad one never opens and fails a run:
+#: (key, valid, what it must be, an example). A key missing from the config is not checked.
+_VALUE_RULES = (
+    ("trainer.max_epochs", lambda v: v == -1 or v >= 1, "at least 1 (or -1: no limit)", "5"),
+    ("trainer.min_epochs", lambda v: v >= 0, "0 or more", "1"),
+    ("data.batch_size", lambda v: v >= 1, "at least 1", "32"),
+    ("data.eval_batch_size", lambda v: v >= 1, "at least 1", "512"),
+    ("optimizer.lr", lambda v: v > 0, "a positive number", "0.001"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "0 or more", "0.0001"),
+)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse numbers no run can use (a zero batch size, a negative learning rate, zero
+    epochs) in one line naming the key, instead of a failure after the run is open."""
+    for key, valid, needed, example in _VALUE_RULES:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not valid(value):
+            raise DeepmineError(
+                f"{key}={value} is not valid: it must be {needed}",
+                f"set it to such a value, e.g. {key}={example}",
+            )
 
 
 def report_errors(task):
