@@ -21,7 +21,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from deepmine import interrupts, timeline
-from deepmine.config import check_override_types, check_seed, register_resolvers, report_errors
+from deepmine.config import (
+    check_override_types,
+    check_seed,
+    check_values,
+    register_resolvers,
+    report_errors,
+)
 from deepmine.errors import DeepmineError, first_line
 from deepmine.project import config_dir
 
@@ -61,6 +67,7 @@ def _train(cfg: DictConfig) -> float | None:
     if cfg.get("resume") not in (None, False) and hydra_cfg.mode != RunMode.MULTIRUN:
         cfg, resumed = _resumed(cfg, hydra_cfg, cfg.resume, overrides)
     seed = check_seed(cfg)
+    check_values(cfg)
     job = current_job()
     data_tags = verify_data(cfg)
     timeline.mark("data_checked")
