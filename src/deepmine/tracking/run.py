@@ -4,13 +4,21 @@
 (Lightning turns Ctrl-C into `sys.exit(1)`; the KeyboardInterrupt is still its context), and
 FAILED on any other exception, with the error as a tag and the traceback as an artifact. No
 path leaves a run RUNNING.
+
+No path but one: a process killed by SIGKILL (or the OOM killer, or a lost machine) runs no
+code, so its run stays RUNNING. While a run is open it therefore carries a heartbeat: the host
+and pid of its process, and a time refreshed every `HEARTBEAT_EVERY_S` seconds, from which
+`deepmine runs doctor` (`deepmine.tracking.doctor`) tells a live run from an orphan.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import tempfile
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +26,62 @@ from pathlib import Path
 from deepmine.errors import first_line
 from deepmine.tracking.params import batches, flatten
 from deepmine.tracking.store import Store
+
+HEARTBEAT_EVERY_S = 30.0
+HEARTBEAT_HOST = "deepmine.heartbeat.host"
+HEARTBEAT_PID = "deepmine.heartbeat.pid"
+HEARTBEAT_AT = "deepmine.heartbeat.at"
+
+
+def utc_now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Heartbeat:
+    """Marks a run as alive: host and pid once, then the time every `every_s` seconds.
+
+    A daemon thread writing one tag through the raw MlflowClient: not through the store's
+    interrupt-safe wrapper, whose `critical()` counter belongs to the main thread (a signal
+    deferred by this thread would be raised here, not in training). Signals are only delivered
+    to the main thread, so this thread's writes are never cut in half. A failed beat is ignored:
+    the heartbeat must never break training.
+    """
+
+    def __init__(self, store: Store, run_id: str, every_s: float = HEARTBEAT_EVERY_S):
+        self._store = store
+        self._client = getattr(store.client, "_client", store.client)
+        self._run_id = run_id
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from mlflow.entities import RunTag
+
+        tags = {HEARTBEAT_HOST: socket.gethostname(), HEARTBEAT_PID: os.getpid()}
+        tags[HEARTBEAT_AT] = utc_now_iso()
+        with contextlib.suppress(Exception):  # main thread: the interrupt-safe client
+            self._store.client.log_batch(
+                self._run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+            )
+        if self._every_s > 0:
+            self._thread = threading.Thread(
+                target=self._beat, name=f"deepmine-heartbeat-{self._run_id[:8]}", daemon=True
+            )
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._every_s):
+            with contextlib.suppress(Exception):
+                self._client.set_tag(self._run_id, HEARTBEAT_AT, utc_now_iso())
+
+    def stop(self) -> None:
+        """Stop beating before the run is closed (a beat never lands after its end)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 class RecordedRun:
@@ -93,6 +157,7 @@ def recorded_run(
     run_name: str,
     tags: dict[str, str],
     reopen_run_id: str | None = None,
+    heartbeat_every_s: float = HEARTBEAT_EVERY_S,
 ) -> Iterator[RecordedRun]:
     """Open a run, yield it, and always close it with FINISHED, FAILED or KILLED.
 
@@ -105,9 +170,12 @@ def recorded_run(
     else:
         run_id = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     run = RecordedRun(store, run_id, experiment_name, experiment_id)
+    heartbeat = Heartbeat(store, run_id, heartbeat_every_s)
     try:
+        heartbeat.start()
         yield run
     except BaseException as exc:
+        heartbeat.stop()
         killed = isinstance(exc, KeyboardInterrupt) or isinstance(
             exc.__context__, KeyboardInterrupt
         )
@@ -122,6 +190,7 @@ def recorded_run(
             _record_error(run, exc, status)
         store.client.set_terminated(run.run_id, status)
         raise
+    heartbeat.stop()
     try:
         run.flush()
     except BaseException:

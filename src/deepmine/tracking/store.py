@@ -2,6 +2,12 @@
 
 Why an explicit client instead of MLflow's global state: the tracking URI comes from the config
 (absolute, never CWD-relative), and nothing leaks from one run to the next in the same process.
+
+Why a lock around opening an SQLite store: MLflow creates a fresh database by running its whole
+chain of schema migrations, and several processes doing that on one new file at once (parallel
+jobs, eight `deepmine train` started together) collide in the migrations (`ALTER TABLE ...`,
+"table _alembic_tmp_... already exists"): measured, 7 of 8 failed. Under the lock exactly one
+process migrates and the others open a ready store.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from pathlib import Path
 from deepmine.errors import DeepmineError
 
 SERVER_TIMEOUT_S = 5.0
+# Creating a fresh store takes about a second; a lock held far longer than that belongs to a
+# process that hangs.
+STORE_LOCK_TIMEOUT_S = 300.0
 # MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds trained
 # models; with it, runs appear under "Model training" with their params, metrics and charts.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -68,8 +77,62 @@ def connect(tracking_uri: str, artifact_location: str | None = None) -> Store:
         )
     if artifact_location and "://" not in artifact_location:
         artifact_location = Path(artifact_location).resolve().as_uri()
-    client = _InterruptSafeClient(MlflowClient(tracking_uri=tracking_uri))
-    return Store(tracking_uri, client, artifact_location)
+    if tracking_uri.startswith("sqlite:///"):
+        client = _open_sqlite(tracking_uri, db)
+    else:
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+        except Exception as exc:
+            raise _store_error(tracking_uri, exc) from exc
+    return Store(tracking_uri, _InterruptSafeClient(client), artifact_location)
+
+
+def _open_sqlite(tracking_uri: str, db: Path):
+    """An MlflowClient on an SQLite store whose schema is complete, created or checked while
+    holding `<db>.lock`, so that only one process at a time runs MLflow's migrations.
+
+    The lock is `filelock` (a dependency of torch and dvc, so always installed): an OS lock
+    (`flock` on Linux) that the kernel drops when its process dies, even by SIGKILL, so a
+    crashed run never leaves the store locked; unlike a bare `fcntl.flock` it also works on
+    Windows and has a timeout.
+    """
+    from filelock import FileLock, Timeout
+    from mlflow import MlflowClient
+
+    lock = FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            # MlflowClient builds (and caches, per URI) the SQLAlchemy store, which creates the
+            # tables of a new database; a first query proves the schema is usable.
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
+    except Timeout as exc:
+        raise DeepmineError(
+            f"the MLflow store {db} stayed locked by another process for "
+            f"{STORE_LOCK_TIMEOUT_S:.0f} s ({db}.lock)",
+            "wait for the other deepmine process to open the store, or stop it",
+        ) from exc
+    except Exception as exc:
+        raise _store_error(tracking_uri, exc) from exc
+    return client
+
+
+def _store_error(tracking_uri: str, exc: Exception) -> DeepmineError:
+    """A store that cannot be opened, in one line (MLflow's own errors span a traceback)."""
+    from deepmine.errors import first_line
+
+    text = str(exc)
+    reason = f"{type(exc).__name__}: {first_line(exc)[:300]}"
+    if "out-of-date database schema" in text:
+        fix = f"back up the store, then run `mlflow db upgrade {tracking_uri}`"
+    elif "database is locked" in text:
+        fix = "another process holds the SQLite store: wait for it, or stop it"
+    else:
+        fix = (
+            "check that logger.tracking_uri names an MLflow store this user can read and "
+            "write, or point it at a new file"
+        )
+    return DeepmineError(f"cannot open the MLflow store {tracking_uri} ({reason})", fix)
 
 
 class _InterruptSafeClient:

@@ -1,0 +1,209 @@
+"""Runs that never closed: tell a live RUNNING run from one whose process is gone.
+
+A process killed by SIGKILL, the OOM killer or a lost machine cannot close its run, which then
+stays RUNNING in MLflow forever. Every run deepmine opens carries a heartbeat
+(`deepmine.tracking.run.Heartbeat`: host, pid, and a time refreshed while the run is open):
+
+- on this host, the run is `dead` when its pid is gone, or now belongs to a process started
+  after the run (a reused pid);
+- on another host, whose processes cannot be seen from here, it is `stale` when its heartbeat
+  is older than `stale_after_s`;
+- a RUNNING run without a heartbeat (recorded before heartbeats, or by another tool) is
+  `unknown` and never touched.
+
+`fix` closes orphans as KILLED with `deepmine.status_reason` saying why, and touches nothing
+else: metrics, artifacts and the checkpoints beside them stay, so `deepmine train
+resume=<run id>` continues the run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from deepmine.errors import DeepmineError
+from deepmine.tracking.run import HEARTBEAT_AT, HEARTBEAT_HOST, HEARTBEAT_PID
+from deepmine.tracking.store import Store, connect
+
+#: A heartbeat is refreshed every 30 s; ten missed beats make a run on another host stale.
+STALE_AFTER_S = 300.0
+ALIVE, DEAD, STALE, UNKNOWN = "alive", "dead", "stale", "unknown"
+ORPHANS = (DEAD, STALE)
+REASON_TAG = "deepmine.status_reason"
+
+
+@dataclass
+class RunState:
+    run_id: str
+    name: str
+    experiment: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    state: str  # for RUNNING runs: alive, dead, stale or unknown; else the status, lowercase
+    why: str
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
+
+    @property
+    def orphan(self) -> bool:
+        return self.status == "RUNNING" and self.state in ORPHANS
+
+
+def open_store(tracking_uri: str) -> Store:
+    """The store at `tracking_uri`; an SQLite file must already exist (listing runs never
+    creates a store)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if db.is_absolute() and not db.is_file():
+            raise DeepmineError(
+                f"there is no MLflow store at {db}",
+                "pass --tracking-uri sqlite:////abs/path/mlflow.db of an existing store",
+            )
+    return connect(tracking_uri)
+
+
+def run_state(
+    run,
+    experiment: str = "",
+    stale_after_s: float = STALE_AFTER_S,
+    now: datetime | None = None,
+    host: str | None = None,
+) -> RunState:
+    """What is really going on with MLflow run `run` (an `mlflow.entities.Run`)."""
+    tags = run.data.tags
+    info = run.info
+    found = RunState(
+        run_id=info.run_id,
+        name=info.run_name or "",
+        experiment=experiment,
+        status=info.status,
+        state=info.status.lower(),
+        why="",
+        host=tags.get(HEARTBEAT_HOST),
+        pid=_int(tags.get(HEARTBEAT_PID)),
+        heartbeat_at=_time(tags.get(HEARTBEAT_AT)),
+    )
+    if info.status != "RUNNING":
+        return found
+    now = now or datetime.now(UTC)
+    age = f"{(now - found.heartbeat_at).total_seconds():.0f} s ago" if found.heartbeat_at else "?"
+    if found.host is None or found.pid is None:
+        found.state, found.why = UNKNOWN, "no heartbeat recorded"
+    elif found.host == (host or socket.gethostname()):
+        gone = _process_gone(found.pid, found.heartbeat_at)
+        if gone:
+            found.state = DEAD
+            found.why = f"process {found.pid} on {found.host} {gone} (last heartbeat {age})"
+        else:
+            found.state, found.why = ALIVE, f"process {found.pid} is running"
+    elif found.heartbeat_at is None or (now - found.heartbeat_at).total_seconds() > stale_after_s:
+        found.state = STALE
+        found.why = (
+            f"process {found.pid} on {found.host}: last heartbeat {age}, "
+            f"older than {stale_after_s:.0f} s"
+        )
+    else:
+        found.state, found.why = ALIVE, f"heartbeat from {found.host} {age}"
+    return found
+
+
+def list_runs(
+    store: Store,
+    experiment: str | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+    only_running: bool = False,
+) -> list[RunState]:
+    """Every run of `experiment` (default: of every active experiment), newest first."""
+    if experiment is not None:
+        found = store.client.get_experiment_by_name(experiment)
+        if found is None:
+            raise DeepmineError(
+                f"there is no experiment '{experiment}' in {store.uri}",
+                "run `deepmine runs` to see the experiments and their runs",
+            )
+        experiments = [found]
+    else:
+        experiments = store.client.search_experiments()
+    names = {e.experiment_id: e.name for e in experiments}
+    if not names:
+        return []
+    states = []
+    token = None
+    while True:
+        page = store.client.search_runs(
+            list(names),
+            filter_string="attributes.status = 'RUNNING'" if only_running else "",
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            states.append(run_state(run, names[run.info.experiment_id], stale_after_s))
+        token = page.token
+        if not token:
+            return states
+
+
+def find_orphans(
+    store: Store, experiment: str | None = None, stale_after_s: float = STALE_AFTER_S
+) -> list[RunState]:
+    """RUNNING runs whose process is gone (dead) or has not beaten for too long (stale)."""
+    running = list_runs(store, experiment, stale_after_s, only_running=True)
+    return [state for state in running if state.orphan]
+
+
+def mark_killed(store: Store, state: RunState) -> None:
+    """Close orphan `state` as KILLED, ended at its last heartbeat, with the reason as a tag."""
+    reason = f"KILLED by `deepmine runs doctor --fix`: {state.why}"
+    store.client.set_tag(state.run_id, REASON_TAG, reason[:8000])
+    end_ms = int(state.heartbeat_at.timestamp() * 1000) if state.heartbeat_at else None
+    store.client.set_terminated(state.run_id, "KILLED", end_time=end_ms)
+
+
+def _process_gone(pid: int, heartbeat_at: datetime | None) -> str | None:
+    """Why process `pid` on this host is not the run's any more, or None while it is.
+
+    A live run's process started before its own heartbeats; one started after the last
+    heartbeat holds a pid reused since the run's process died."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "is gone"
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return "is gone (zombie)"
+        # heartbeat times are whole seconds: two seconds of slack
+        if heartbeat_at and process.create_time() > heartbeat_at.timestamp() + 2:
+            return "is gone (its pid now belongs to a newer process)"
+    except ImportError:
+        return None
+    except psutil.NoSuchProcess:
+        return "is gone"
+    except psutil.Error:
+        return None
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        found = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    if found is not None and found.tzinfo is None:
+        found = found.replace(tzinfo=UTC)
+    return found
