@@ -45,14 +45,21 @@ def evaluate(cfg: DictConfig) -> dict:
             if store is None:
                 raise DeepmineError("run_id needs an MLflow store", "drop logger=none")
             from deepmine.tracking.fetch import recorded_config_and_checkpoint
+            from deepmine.trust import check_targets
 
             config_path, checkpoint = recorded_config_and_checkpoint(store, cfg.run_id, Path(tmp))
             model_cfg = OmegaConf.load(config_path)
+            check_targets(model_cfg, trusted=bool(cfg.get("trust_recorded_targets")))
         else:
             checkpoint = Path(cfg.ckpt_path)
         model_cfg = OmegaConf.merge(
             model_cfg, {"allow_data_mismatch": cfg.allow_data_mismatch, "paths": cfg.paths}
         )
+        # robustness=... of the eval command, not of the recorded run, decides the attacks; a
+        # task config without the key (regression, or a run older than it) stays as it was
+        robustness = cfg.task.get("robustness")
+        if robustness or "robustness" in model_cfg.task:
+            model_cfg.task.robustness = robustness
         data_tags = verify_data(model_cfg)
         metrics, run_id = _test(cfg, model_cfg, checkpoint, store, data_tags)
     width = max([14, *(len(key) + 2 for key in metrics)])
@@ -97,6 +104,9 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
         tested = trainer.test(task, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in tested[0].items()}
         run.log_json({"metrics": metrics}, "metrics.json")
+        with tempfile.TemporaryDirectory() as folder:
+            for path in task.plots(Path(folder), run.run_id[:8], datamodule):
+                run.log_file(path, "plots")
     return metrics, run.run_id
 
 

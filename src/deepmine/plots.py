@@ -258,3 +258,65 @@ def forecast_png(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def robust_accuracy_png(eps, accuracy: dict, path: Path, title: str) -> Path:
+    """Test accuracy against the L∞ budget ε (on [0, 1] pixels), one line per attack."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, values in accuracy.items():
+        ax.plot(list(eps), list(values), marker="o", label=name)
+    ax.set_xlabel("ε (L∞, pixels in [0, 1])")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _as_image(pixels) -> np.ndarray | None:
+    """A displayable (H, W) or (H, W, 3) array of one sample, or None if it is no image."""
+    a = np.asarray(pixels, dtype=np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        return a
+    side = round(a.size**0.5)
+    return a.reshape(side, side) if side * side == a.size else None
+
+
+def adversarial_examples_png(examples: dict, class_names, path: Path, title: str) -> Path:
+    """Clean test images (top row) and their adversarial versions (bottom row), each titled
+    with the predicted class; a changed prediction is drawn in red."""
+    clean, adversarial = examples["clean"], examples["adversarial"]
+    n = len(clean)
+    names = list(class_names)
+
+    def label(i) -> str:
+        i = int(i)
+        return names[i] if i < len(names) else str(i)
+
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n + 0.4, 3.4), squeeze=False)
+    for column in range(n):
+        for row, (images, key) in enumerate(
+            ((clean, "clean_pred"), (adversarial, "adversarial_pred"))
+        ):
+            ax = axes[row, column]
+            image = _as_image(images[column])
+            if image is not None:
+                ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            predicted = examples[key][column]
+            wrong = int(predicted) != int(examples["target"][column])
+            ax.set_title(label(predicted), fontsize=7, color="red" if wrong else "black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, 0].set_ylabel("clean", fontsize=8)
+        axes[1, 0].set_ylabel(f"{examples['attack']} ε={examples['eps']:g}", fontsize=8)
+    fig.suptitle(f"{title} adversarial examples (title: predicted class)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

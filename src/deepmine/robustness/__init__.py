@@ -1,0 +1,1 @@
+"""Adversarial robustness of classifiers: L∞ attacks in pixel space (`attacks`)."""
