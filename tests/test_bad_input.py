@@ -130,3 +130,9 @@ def test_a_sweep_with_an_unknown_option_starts_no_job(sandbox):
 def test_values_no_run_can_use_are_refused_before_a_run_opens(sandbox, override, expected):
     proc = sandbox.train("data=digits", override)
     assert_refused(sandbox, proc, expected, "Fix:")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(sandbox):
+    # /proc takes no new folders, even for root (who may write anywhere else)
+    proc = sandbox.train("data=digits", "paths.log_dir=/proc/deepmine-logs")
+    assert_refused(sandbox, proc, "cannot use /proc/deepmine-logs", "paths.log_dir")

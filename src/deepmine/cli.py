@@ -30,6 +30,12 @@ commands:
                       re-execute a recorded run (its overrides, seed, data version; its
                       git commit with --checkout) and diff every final metric
   ui [--port N]       serve the MLflow UI on the project's tracking store
+  runs [--tracking-uri URI] [--experiment NAME]
+                      list runs; a RUNNING one is alive, dead (its process is gone) or
+                      stale (another host, no heartbeat for --stale-after seconds)
+  runs doctor [--fix] [--stale-after SECONDS]
+                      find RUNNING runs whose process is gone (exit 1 if any); --fix
+                      closes them KILLED, metrics and checkpoints kept (resume=<run id>)
 
 examples:
   deepmine train
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return _guarded(lambda: _ui(rest))
     if command == "reproduce":
         return _guarded(lambda: _reproduce(rest))
+    if command == "runs":
+        return _guarded(lambda: _runs(rest))
     print(f"error: unknown command '{command}'. Fix: run `deepmine --help`", file=sys.stderr)
     return EXIT_BAD_INPUT
 
@@ -98,6 +106,17 @@ def _guarded(command: Callable[[], int]) -> int:
     except DeepmineError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_BAD_INPUT)
+    except OSError as exc:
+        if not exc.filename:
+            raise
+        # a folder or file that cannot be made or written before any run exists (a run that
+        # is open records its own failure), e.g. paths.log_dir on a read-only disk
+        print(
+            f"error: cannot use {exc.filename}: {exc.strerror or exc}. Fix: point the path "
+            "option that names it (paths.log_dir, data.path, ...) at a writable place",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except Exception as exc:
         from deepmine.config import describe_error
 
@@ -147,6 +166,12 @@ def _reproduce(args: list[str]) -> int:
         "--checkout", action="store_true", help="reproduce run: run the recorded git commit"
     )
     parser.add_argument("--tracking-uri", help="reproduce run: the store (default: the project's)")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="reproduce run: instantiate the recorded config even if it names targets outside "
+        "deepmine's allowlist (only for a store you trust)",
+    )
     ns = parser.parse_args(args)
     from deepmine import claims
     from deepmine.errors import DeepmineError
@@ -158,7 +183,7 @@ def _reproduce(args: list[str]) -> int:
                 "reproduce run needs exactly one MLflow run id",
                 "e.g. deepmine reproduce run 2714f57307b845b5a2411407e0f7bdf9",
             )
-        same = reproduce_run(ns.overrides[0], ns.tracking_uri, ns.checkout)
+        same = reproduce_run(ns.overrides[0], ns.tracking_uri, ns.checkout, ns.trust)
         return 0 if same else EXIT_FAILED
     if ns.all:
         overrides = [ns.experiment, *ns.overrides] if ns.experiment else ns.overrides
@@ -187,6 +212,57 @@ def _ui(args: list[str]) -> int:
     from deepmine.tracking.ui import serve
 
     return serve(ns.tracking_uri, host=ns.host, port=ns.port)
+
+
+def _runs(args: list[str]) -> int:
+    import argparse
+
+    from deepmine.tracking import doctor
+
+    parser = argparse.ArgumentParser(
+        prog="deepmine runs", description="list runs; doctor: close runs whose process is gone"
+    )
+    parser.add_argument("action", nargs="?", choices=["doctor"])
+    parser.add_argument("--tracking-uri", help="default: logger.tracking_uri of conf/train.yaml")
+    parser.add_argument("--experiment", help="one experiment (default: all)")
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=doctor.STALE_AFTER_S,
+        metavar="SECONDS",
+        help="a run on another host is stale after this long without a heartbeat",
+    )
+    parser.add_argument("--fix", action="store_true", help="doctor: mark orphans KILLED")
+    ns = parser.parse_args(args)
+    from deepmine.errors import DeepmineError
+    from deepmine.tracking.ui import default_tracking_uri
+
+    if ns.fix and ns.action != "doctor":
+        raise DeepmineError(
+            "--fix belongs to `deepmine runs doctor`", "run it as runs doctor --fix"
+        )
+    store = doctor.open_store(ns.tracking_uri or default_tracking_uri())
+    if ns.action != "doctor":
+        for state in doctor.list_runs(store, ns.experiment, ns.stale_after):
+            shown = state.state if state.status == "RUNNING" else ""
+            line = f"{state.run_id}  {state.experiment}  {state.name}  {state.status}"
+            print(f"{line}  {shown}  {state.why}".rstrip())
+        return 0
+    orphans = doctor.find_orphans(store, ns.experiment, ns.stale_after)
+    if not orphans:
+        print(f"no RUNNING run without its process in {store.uri}")
+        return 0
+    for state in orphans:
+        if ns.fix:
+            doctor.mark_killed(store, state)
+            print(f"{state.run_id}  {state.name}  {state.state}: {state.why}; marked KILLED")
+        else:
+            print(f"{state.run_id}  {state.name}  {state.state}: {state.why}")
+    if ns.fix:
+        print(f"{len(orphans)} run(s) marked KILLED; resume one with `deepmine train resume=<id>`")
+        return 0
+    print(f"{len(orphans)} RUNNING run(s) without their process; `--fix` marks them KILLED")
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

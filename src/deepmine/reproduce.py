@@ -306,14 +306,19 @@ class RunCheck:
     version_diffs: list[tuple[str, str, str]] = field(default_factory=list)  # pkg, then, now
 
 
-def reproduce_run(run_id: str, tracking_uri: str | None, checkout: bool) -> bool:
+def reproduce_run(
+    run_id: str, tracking_uri: str | None, checkout: bool, trust: bool = False
+) -> bool:
     """Re-execute recorded run `run_id` from what MLflow holds and compare every final metric;
-    True when all are identical."""
+    True when all are identical. The recorded overrides are untrusted: their composed config's
+    `_target_`s are checked (`deepmine.trust`) unless `trust`; a masked secret is refused."""
     import tempfile
 
+    from deepmine.claims import compose_train
     from deepmine.tracking.fetch import get_run, recorded_overrides
     from deepmine.tracking.store import connect
     from deepmine.tracking.ui import default_tracking_uri
+    from deepmine.trust import check_targets
 
     root = project_root()
     store = connect(tracking_uri or default_tracking_uri())
@@ -325,7 +330,14 @@ def reproduce_run(run_id: str, tracking_uri: str | None, checkout: bool) -> bool
             "only runs recorded by deepmine train can be re-executed",
         )
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = recorded_overrides(store, run_id, Path(tmp))
+        overrides = recorded_overrides(
+            store,
+            run_id,
+            Path(tmp),
+            fix="`deepmine reproduce run` cannot take it: run `deepmine train` with the run's "
+            "overrides (tag deepmine.overrides) and that key set again",
+        )
+    check_targets(compose_train(overrides), trusted=trust, flag="--trust", overrides=overrides)
     tags = run.data.tags
     check = _check_origin(tags, root, checkout)
     for line in check.warnings:

@@ -119,6 +119,7 @@ def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
     import tempfile
 
     from deepmine.tracking.fetch import get_run, recorded_overrides
+    from deepmine.trust import check_targets
 
     store = connect_store(cfg)
     if store is None:
@@ -137,13 +138,17 @@ def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
             "epoch ended, or trained on another machine)",
             "start it again as a new run",
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        recorded = recorded_overrides(store, run_id, Path(tmp))
     extra = [o for o in overrides if not o.lstrip("+~").startswith("resume=")]
+    with tempfile.TemporaryDirectory() as tmp:
+        # a masked (secret) override must be given again: it is in `extra` or refused here
+        recorded = recorded_overrides(store, run_id, Path(tmp), given=extra)
     composed = hydra.compose(
         hydra_cfg.job.config_name,
         overrides=[*recorded, *extra, f"paths.output_dir={output_dir}"],
     )
+    # the flag comes from this command line: the recorded overrides could set it themselves
+    trusted = bool(cfg.get("trust_recorded_targets"))
+    check_targets(composed, trusted=trusted, overrides=recorded)
     return composed, Resumed(run_id, checkpoint, output_dir)
 
 
@@ -152,6 +157,7 @@ def _recorded(
 ) -> float | None:
     """Fit and test inside an MLflow run that is closed FINISHED, FAILED or KILLED."""
     from deepmine.lineage import git_state, start_pip_freeze
+    from deepmine.secrets import mask_overrides, secret_values
     from deepmine.tracking.run import recorded_run
 
     output_dir = Path(cfg.paths.output_dir)
@@ -160,7 +166,7 @@ def _recorded(
     if resumed:  # the run keeps the tags of its start; the resume adds its own
         tags = {
             "deepmine.resumed.checkpoint": str(resumed.checkpoint),
-            "deepmine.resumed.argv": " ".join(sys.argv),
+            "deepmine.resumed.argv": " ".join(mask_overrides(sys.argv, secret_values(cfg))),
             "deepmine.resumed.git.commit": git.commit or "unknown",
         }
     else:
@@ -293,20 +299,29 @@ def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dic
     import torch
 
     from deepmine.lineage import source_tags
+    from deepmine.secrets import MASK, is_secret_key, mask_overrides, mask_values, secret_values
 
-    command = " ".join(["deepmine", HydraConfig.get().job.config_name, *overrides])
-    return {
+    values = secret_values(cfg, overrides)
+    shown = mask_overrides(overrides, values)
+    command = " ".join(["deepmine", HydraConfig.get().job.config_name, *shown])
+    user_tags = {
+        str(k): MASK if is_secret_key(k) else str(v) for k, v in (cfg.get("tags") or {}).items()
+    }
+    tags = {
         **source_tags(git),
+        "deepmine.argv": " ".join(mask_overrides(sys.argv, values)),
         "mlflow.source.name": "deepmine train",
         "deepmine.command": command,
-        "deepmine.overrides": " ".join(overrides),
+        "deepmine.overrides": " ".join(shown),
         "deepmine.seed": str(seed),
         # float reductions depend on the thread count: bit-identical reruns need the same one
         "deepmine.torch.num_threads": str(torch.get_num_threads()),
         "deepmine.output_dir": str(cfg.paths.output_dir),
         **data_tags,
-        **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+        **user_tags,
     }
+    # a secret may also sit inside another value (a URL, a path): no tag carries one
+    return {key: mask_values(value, values) for key, value in tags.items()}
 
 
 def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
@@ -323,13 +338,18 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
             indent=2,
         )
     )
-    container = OmegaConf.to_container(cfg, resolve=True)
-    run.log_params(container)
-    run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-    hydra_dir = output_dir / HydraConfig.get().output_subdir
+    from deepmine.secrets import mask_config, mask_text, secret_values
+
+    # what is recorded is masked (deepmine.secrets); `cfg` itself, what trains, is not
+    hydra_cfg = HydraConfig.get()
+    values = secret_values(cfg, hydra_cfg.overrides.task)
+    masked = mask_config(cfg)
+    run.log_params(masked)
+    run.log_text(OmegaConf.to_yaml(OmegaConf.create(masked)), "config/config.yaml")
+    hydra_dir = output_dir / hydra_cfg.output_subdir
     for name in ("overrides.yaml", "hydra.yaml"):
         if (hydra_dir / name).is_file():
-            run.log_file(hydra_dir / name, "config")
+            run.log_text(mask_text((hydra_dir / name).read_text(), values), f"config/{name}")
     if git.dirty:
         run.log_text(git.status, "git/status.txt")
         run.log_text(git.diff, "git/diff.patch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from deepmine.errors import DeepmineError
@@ -23,9 +24,17 @@ def get_run(store: Store, run_id: str):
     return run
 
 
-def recorded_overrides(store: Store, run_id: str, dest: Path) -> list[str]:
-    """The command-line overrides run `run_id` was composed with (its config/overrides.yaml)."""
+def recorded_overrides(
+    store: Store, run_id: str, dest: Path, given: Iterable[str] = (), fix: str | None = None
+) -> list[str]:
+    """The command-line overrides run `run_id` was composed with (its config/overrides.yaml).
+
+    A secret override was recorded masked (`key=***`) and cannot be replayed: it is dropped
+    when `given` (this command line) sets the key again, otherwise refused in one line naming
+    the key (`fix` says how, for commands that take no overrides)."""
     import yaml
+
+    from deepmine.secrets import unmasked_overrides
 
     get_run(store, run_id)
     names = {a.path for a in store.client.list_artifacts(run_id, "config")}
@@ -37,7 +46,8 @@ def recorded_overrides(store: Store, run_id: str, dest: Path) -> list[str]:
         )
     dest.mkdir(parents=True, exist_ok=True)
     path = store.client.download_artifacts(run_id, "config/overrides.yaml", str(dest))
-    return [str(o) for o in (yaml.safe_load(Path(path).read_text()) or [])]
+    recorded = [str(o) for o in (yaml.safe_load(Path(path).read_text()) or [])]
+    return unmasked_overrides(recorded, run_id, given, fix)
 
 
 def recorded_config_and_checkpoint(store: Store, run_id: str, dest: Path) -> tuple[Path, Path]:

@@ -2,12 +2,15 @@
 
 Lightning's MLFlowLogger cuts values to 250 characters; MLflow itself accepts 6000, so only
 values past that are shortened (with a pointer to config/config.yaml, which is always complete).
+A key that looks secret (see `deepmine.secrets`) is recorded as `***`, whatever its value.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+
+from deepmine.secrets import MASK, is_secret_key
 
 MAX_VALUE = 6000
 MAX_KEY = 250
@@ -19,7 +22,9 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if is_secret_key(key) and value is not None:
+            flat[name] = MASK
+        elif isinstance(value, Mapping) and value:
             flat.update(flatten(value, name + "."))
         else:
             flat[name] = _as_text(value)
