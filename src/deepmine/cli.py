@@ -106,21 +106,17 @@ def _guarded(command: Callable[[], int]) -> int:
     except DeepmineError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_BAD_INPUT)
-    except OSError as exc:
-        if not exc.filename:
-            raise
-        # a folder or file that cannot be made or written before any run exists (a run that
-        # is open records its own failure), e.g. paths.log_dir on a read-only disk
-        print(
-            f"error: cannot use {exc.filename}: {exc.strerror or exc}. Fix: point the path "
-            "option that names it (paths.log_dir, data.path, ...) at a writable place",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
     except Exception as exc:
         from deepmine.config import describe_error
 
         line = describe_error(exc)
+        if line is None and isinstance(exc, OSError) and exc.filename:
+            # a folder or file that cannot be made or written before any run exists (a run
+            # that is open records its own failure), e.g. paths.log_dir on a read-only disk
+            line = (
+                f"cannot use {exc.filename}: {exc.strerror or exc}. Fix: point the path option "
+                "that names it (paths.log_dir, data.path, ...) at a writable place"
+            )
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
