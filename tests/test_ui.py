@@ -62,6 +62,9 @@ def test_ui_serves_the_recorded_run(sandbox):
         assert len(tree) >= 2, "mlflow ui and its server should be running under deepmine ui"
         server.terminate()  # SIGTERM to deepmine ui alone, as `kill <pid>` would
         assert server.wait(timeout=30) == 0
+        banner = server.stdout.read().decode()
+        assert f"open http://127.0.0.1:{port}" in banner
+        assert "only this machine can reach it" in banner
         _, alive = psutil.wait_procs(tree, timeout=20)
         survivors = [" ".join(p.cmdline()[:4]) for p in alive if _running(p)]
         assert not survivors, f"outlived deepmine ui: {survivors}"

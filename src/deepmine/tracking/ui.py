@@ -47,7 +47,12 @@ class _Stopped(Exception):
 
 def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
     uri = tracking_uri or default_tracking_uri()
-    print(f"MLflow UI on {uri}: open http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    reach = (
+        "only this machine can reach it; --host 0.0.0.0 serves the network"
+        if host in ("127.0.0.1", "localhost", "::1")
+        else f"bound to {host}: anyone who can reach this address can read and change the runs"
+    )
+    print(f"MLflow UI on {uri}: open http://{host}:{port} ({reach}; Ctrl-C stops it)", flush=True)
     child = subprocess.Popen(ui_command(uri, host, port), start_new_session=True)
 
     def stop(signum, frame):
