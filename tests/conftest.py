@@ -89,6 +89,16 @@ def sandbox(tmp_path: Path) -> Sandbox:
     return Sandbox(tmp_path)
 
 
+def one_recorded_run(tmp_path_factory, name: str, *overrides: str):
+    """`(sandbox, process, run)` of one successful `deepmine train` in a fresh sandbox: what a
+    module-scoped fixture shares between the tests that read one run's record."""
+    box = Sandbox(tmp_path_factory.mktemp(name))
+    proc = box.train(*overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = box.runs()
+    return box, proc, run
+
+
 def make_dvc_project(path: Path, with_data: bool) -> Path:
     """A DVC project with this repo's data.dvc; data/ copied from the checkout and committed to
     the project's own DVC cache when `with_data`."""

@@ -18,13 +18,11 @@ SUNSPOTS = ("task=forecasting", "data=sunspots")
 
 @pytest.fixture(scope="module")
 def forecast_run(tmp_path_factory):
-    from conftest import Sandbox
+    from conftest import one_recorded_run
 
-    box = Sandbox(tmp_path_factory.mktemp("forecast"))
-    proc = box.train(*SUNSPOTS, "net=transformer", "debug=fast")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = box.runs()
-    return box, proc, run
+    return one_recorded_run(
+        tmp_path_factory, "forecast", *SUNSPOTS, "net=transformer", "debug=fast"
+    )
 
 
 def test_forecasting_run_records_scores_baselines_verdicts_and_plot(forecast_run):

@@ -26,13 +26,15 @@ def metrics_json(box) -> dict:
 
 @pytest.fixture(scope="module")
 def regression_run(tmp_path_factory):
-    from conftest import Sandbox
+    from conftest import one_recorded_run
 
-    box = Sandbox(tmp_path_factory.mktemp("regression"))
-    proc = box.train(*REG, "trainer.max_epochs=6", "callbacks.early_stopping=null")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = box.runs()
-    return box, proc, run
+    return one_recorded_run(
+        tmp_path_factory,
+        "regression",
+        *REG,
+        "trainer.max_epochs=6",
+        "callbacks.early_stopping=null",
+    )
 
 
 def test_regression_run_records_metrics_best_and_plots(regression_run):

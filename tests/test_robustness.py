@@ -243,13 +243,11 @@ def test_adversarial_batch_is_in_the_eps_ball_in_pixels(tmp_path):
 
 @pytest.fixture(scope="module")
 def robust_run(tmp_path_factory):
-    from conftest import Sandbox
+    from conftest import one_recorded_run
 
-    box = Sandbox(tmp_path_factory.mktemp("robust"))
-    proc = box.train(*FAST, "robustness=fgsm_pgd", "robustness.max_samples=64")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = box.runs()
-    return box, proc, run
+    return one_recorded_run(
+        tmp_path_factory, "robust", *FAST, "robustness=fgsm_pgd", "robustness.max_samples=64"
+    )
 
 
 def test_robustness_run_records_accuracies_and_plots(robust_run):

@@ -17,13 +17,11 @@ LONG_NOTE = "n" * 300  # longer than Lightning's 250-char param cut
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    from conftest import Sandbox
+    from conftest import one_recorded_run
 
-    box = Sandbox(tmp_path_factory.mktemp("record"))
-    proc = box.train("debug=fast", f"+notes={LONG_NOTE}", "+tags.purpose=test")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = box.runs()
-    return box, proc, run
+    return one_recorded_run(
+        tmp_path_factory, "record", "debug=fast", f"+notes={LONG_NOTE}", "+tags.purpose=test"
+    )
 
 
 def artifact_paths(client, run_id, path=None) -> set[str]:

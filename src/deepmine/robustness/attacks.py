@@ -103,12 +103,16 @@ def fgsm(
     x = x.detach().clone()
     if eps == 0:
         return x
-    start = x
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-        start = (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+    start = _random_start(x, eps, generator) if random_start else x
     step = eps if step_size is None else step_size
     return _project(start + step * _loss_grad(model, start, y).sign(), x, eps).detach()
+
+
+def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None):
+    """A uniform point of the ε-ball around `x`, inside [0, 1]; drawn on the CPU so a seed gives
+    the same start on any device."""
+    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    return (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
 
 
 def pgd(
@@ -133,10 +137,7 @@ def pgd(
     step = 2.5 * eps / steps if step_size is None else step_size
     best, best_loss, best_wrong = x.clone(), None, None
     for _ in range(max(1, restarts)):
-        x_adv = x
-        if random_start:
-            noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-            x_adv = (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+        x_adv = _random_start(x, eps, generator) if random_start else x
         for _ in range(steps):
             x_adv = _project(x_adv + step * _loss_grad(model, x_adv, y).sign(), x, eps)
         with torch.no_grad():
