@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write as PNG and free the figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def confusion_matrix_png(matrix, class_names: Sequence[str], path: Path, title: str) -> Path:
     """Counts per (true, predicted) class, with row-normalized shading."""
     counts = np.asarray(matrix, dtype=np.int64)
@@ -29,10 +37,7 @@ def confusion_matrix_png(matrix, class_names: Sequence[str], path: Path, title: 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def learning_curves_png(
@@ -65,10 +70,7 @@ def learning_curves_png(
         if ax.lines:
             ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def objective_per_trial_png(points, name: str, direction: str, path: Path) -> Path:
@@ -99,10 +101,7 @@ def objective_per_trial_png(points, name: str, direction: str, path: Path) -> Pa
     ax.grid(alpha=0.3)
     if scored:
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def objective_vs_params_png(params: dict[str, list], values: list[float], name: str, path: Path):
@@ -124,10 +123,7 @@ def objective_vs_params_png(params: dict[str, list], values: list[float], name: 
         ax.set_xlabel(param)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def reproduction_png(name, metric, values: dict, published, tolerance, path: Path) -> Path:
@@ -156,10 +152,7 @@ def reproduction_png(name, metric, values: dict, published, tolerance, path: Pat
     ax.set_title(name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _target_names(names, count: int) -> list[str]:
@@ -183,10 +176,7 @@ def predicted_vs_actual_png(predicted, actual, path: Path, title: str, names=Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: predicted vs actual")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def residuals_png(predicted, actual, path: Path, title: str, names=None) -> Path:
@@ -206,10 +196,7 @@ def residuals_png(predicted, actual, path: Path, title: str, names=None) -> Path
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: residuals")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def forecast_png(
@@ -254,10 +241,7 @@ def forecast_png(
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=min(6, len(forecasts) + 1))
     fig.suptitle(f"{title} (dotted: first test origin; dashed: end of training part)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def robust_accuracy_png(eps, accuracy: dict, path: Path, title: str) -> Path:
