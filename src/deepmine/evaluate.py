@@ -107,6 +107,10 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
         with tempfile.TemporaryDirectory() as folder:
             for path in task.plots(Path(folder), run.run_id[:8], datamodule):
                 run.log_file(path, "plots")
+            for path in task.result_files(Path(folder)):
+                run.log_file(path, "results")
+        if task.run_tags():
+            run.set_tags(task.run_tags())
     return metrics, run.run_id
 
 

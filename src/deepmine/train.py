@@ -421,9 +421,15 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
     plots.mkdir(exist_ok=True)
     for path in task.plots(plots, run.run_id[:8], parts.datamodule):
         run.log_file(path, "plots")
+    results = output_dir / "results"
+    results.mkdir(exist_ok=True)
+    for path in task.result_files(results):
+        run.log_file(path, "results")
     names = getattr(parts.datamodule, "class_names", ())
     if names:  # a table's labels are known only once it is read
         run.set_tags({"deepmine.data.class_names": ", ".join(map(str, names))[:8000]})
+    if task.run_tags():
+        run.set_tags(task.run_tags())
     history = trainer.loggers[0].history
     curves = learning_curves_png(
         history, plots / "learning_curves.png", run.run_id[:8], task.monitor

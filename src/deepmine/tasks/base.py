@@ -1,16 +1,19 @@
 """What every deepmine task shares; a task itself says only its loss, metrics and plots.
 
-A task (classification, regression, forecasting, ...) is a LightningModule that subclasses
-`Task` and provides:
+A task (classification, regression, forecasting, clustering, ...) is a LightningModule that
+subclasses `Task` and provides:
 
-- `compute_loss(outputs, y)`: the training loss on the net's raw outputs;
+- `learning_target(x, y)`: what the net's outputs are compared with: the labels or values `y`
+  for supervised tasks (the default), the input `x` itself for an autoencoder (clustering:
+  labels are for scoring only and never reach the loss);
+- `compute_loss(outputs, target)`: the training loss on the net's raw outputs;
 - `make_metrics()`: a torchmetrics collection, cloned for validation and test;
 - `metric_inputs(outputs, y)`: what those metrics compare (e.g. de-standardized predictions);
 - the training-epoch scores, kept as on-device sums with no host sync per step:
   `train_state_sizes()` names the sums, `update_train_state(outputs, y)` adds a batch to them
   and `train_scores(state)` turns them into scores at the epoch end (summed over DDP ranks);
-- `plots(folder, title, datamodule)` and `summary_lines(metrics)`: its artifacts and the lines
-  `deepmine train` prints at the end.
+- `plots(folder, title, datamodule)`, `result_files(folder)`, `run_tags()` and
+  `summary_lines(metrics)`: its artifacts, tags and the lines `deepmine train` prints at the end.
 
 The base owns the rest: optimizer/scheduler completion, the hot training step (one loss, one
 state update, a running loss sum; `train/loss` only on the steps the logger writes),
@@ -47,6 +50,8 @@ class Task(pl.LightningModule):
 
     #: the kind of targets the task learns from (`deepmine.data.tensors.TARGET_KINDS`)
     targets: ClassVar[str] = "class"
+    #: True when the task also runs on data without labels (every label -1): clustering
+    labels_optional: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -84,7 +89,11 @@ class Task(pl.LightningModule):
     def make_metrics(self) -> MetricCollection:
         raise NotImplementedError
 
-    def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def learning_target(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the outputs are compared with (loss, training sums, val/test metrics)."""
+        return y
+
+    def compute_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def metric_inputs(self, outputs: torch.Tensor, y: torch.Tensor):
@@ -113,6 +122,15 @@ class Task(pl.LightningModule):
     def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
         """PNG files of the test results, written into `folder` (logged under plots/)."""
         return []
+
+    def result_files(self, folder: Path) -> list[Path]:
+        """Files of the test results other than plots (logged under results/), e.g. each
+        sample's cluster, written into `folder`."""
+        return []
+
+    def run_tags(self) -> dict[str, str]:
+        """Tags the task sets on its run once tested (e.g. that a clustering had no labels)."""
+        return {}
 
     def summary_lines(self, metrics: dict[str, float]) -> list[str]:
         """What `deepmine train` prints about the result, one line each."""
@@ -170,9 +188,10 @@ class Task(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         outputs = self(x)
-        loss = self.compute_loss(outputs, y)
+        target = self.learning_target(x, y)
+        loss = self.compute_loss(outputs, target)
         detached = loss.detach()
-        self.update_train_state(outputs.detach(), y)
+        self.update_train_state(outputs.detach(), target)
         self.train_loss_sum.add_(detached * len(y))
         self.train_samples.add_(len(y))
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -196,8 +215,9 @@ class Task(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         outputs = self(x)
-        self.val_metrics.update(*self.metric_inputs(outputs, y))
-        self.log("val/loss", self.compute_loss(outputs, y), prog_bar=True, sync_dist=True)
+        target = self.learning_target(x, y)
+        self.val_metrics.update(*self.metric_inputs(outputs, target))
+        self.log("val/loss", self.compute_loss(outputs, target), prog_bar=True, sync_dist=True)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -207,9 +227,10 @@ class Task(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         outputs = self(x)
-        self.on_test_batch(outputs, y)
-        self.log("test/loss", self.compute_loss(outputs, y), on_epoch=True, sync_dist=True)
-        self.test_metrics.update(*self.metric_inputs(outputs, y))
+        target = self.learning_target(x, y)
+        self.on_test_batch(outputs, target)
+        self.log("test/loss", self.compute_loss(outputs, target), on_epoch=True, sync_dist=True)
+        self.test_metrics.update(*self.metric_inputs(outputs, target))
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
