@@ -46,8 +46,17 @@ def test_groups_have_the_documented_options():
         "series_csv",
         "sunspots",
     ]
-    assert options("net") == ["cnn", "gru", "lstm", "mlp", "seed_mlp", "transformer"]
-    assert options("task") == ["classification", "forecasting", "regression"]
+    assert options("net") == [
+        "autoencoder",  # tests/test_clustering.py
+        "cnn",
+        "conv_autoencoder",  # tests/test_clustering.py
+        "gru",
+        "lstm",
+        "mlp",
+        "seed_mlp",
+        "transformer",
+    ]
+    assert options("task") == ["classification", "clustering", "forecasting", "regression"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
@@ -128,6 +137,7 @@ def test_ddp_trainer_is_two_gloo_cpu_processes(tmp_path):
 #: the image sets; tables and series have their own tests (test_tables.py, test_series.py)
 IMAGE_DATA = ["digits", "fashion_mnist"]
 FLAT_NETS = ["mlp", "seed_mlp"]
+AUTOENCODERS = ["autoencoder", "conv_autoencoder"]
 
 
 @pytest.mark.parametrize("data", IMAGE_DATA)
@@ -174,7 +184,10 @@ def test_every_net_fits_every_image_data(tmp_path, net, data):
     cfg = compose_cfg(tmp_path, f"net={net}", f"data={data}")
     model = instantiate(cfg.net)
     x = torch.rand(3, *cfg.data.input_shape)
-    assert model(x).shape == (3, cfg.data.num_classes)
+    if net in AUTOENCODERS:  # task=clustering: the net rebuilds its input
+        assert model(x).shape == x.shape
+    else:
+        assert model(x).shape == (3, cfg.data.num_classes)
 
 
 @pytest.mark.parametrize("net", options("net"))
@@ -182,6 +195,11 @@ def test_flat_tables_fit_flat_nets_and_sequence_nets_say_so(tmp_path, net):
     cfg = compose_cfg(tmp_path, f"net={net}", "task=regression", "data=diabetes")
     if net in FLAT_NETS:
         assert instantiate(cfg.net)(torch.rand(3, 10)).shape == (3, 1)
+    elif net == "autoencoder":
+        assert instantiate(cfg.net)(torch.rand(3, 10)).shape == (3, 10)
+    elif net == "conv_autoencoder":
+        with pytest.raises(Exception, match="net=autoencoder"):
+            instantiate(cfg.net)
     else:
         with pytest.raises(Exception, match="net=mlp"):
             instantiate(cfg.net)

@@ -60,13 +60,26 @@ def build_callbacks(cfg: DictConfig) -> list:
 def check_pairing(cfg: DictConfig) -> None:
     """Refuse a task and data of different target kinds (task=regression on images), reading
     only their classes: a plain `targets` key of the data config (a table serves classification
-    and regression) wins over the class's, and `auto` becomes the task's kind."""
+    and regression) wins over the class's, and `auto` becomes the task's kind. Then refuse
+    augmentation of data without images (`check_augment`)."""
     task_targets = getattr(get_class(cfg.task._target_), "targets", None)
     configured = cfg.data.get("targets")
     if configured == "auto" and task_targets:
         with open_dict(cfg.data):
             cfg.data.targets = configured = task_targets
     data_targets = configured or getattr(get_class(cfg.data._target_), "targets", None)
+    task_cls = get_class(cfg.task._target_)
+    if (
+        "target" in cfg.data
+        and cfg.data.target is None
+        and not getattr(task_cls, "labels_optional", False)
+    ):
+        raise DeepmineError(
+            f"data.target=null: the task ({cfg.task._target_.rsplit('.', 1)[-1]}) learns from "
+            "labels or values, and this table has none",
+            "name the column to learn in data.target=<column>, or cluster it with "
+            "task=clustering net=autoencoder task.num_clusters=<k>",
+        )
     if task_targets and data_targets and task_targets != data_targets:
         raise DeepmineError(
             f"the task ({cfg.task._target_.rsplit('.', 1)[-1]}) learns from {task_targets} "
@@ -74,12 +87,30 @@ def check_pairing(cfg: DictConfig) -> None:
             "targets",
             _pairing_hint(task_targets),
         )
+    check_augment(cfg)
+
+
+def check_augment(cfg: DictConfig) -> None:
+    """Refuse augmentation for data that has no images: an image data config reads the
+    top-level `augment` key into its own (`augment: ${oc.select:augment,null}`), a table or a
+    series has no such key, and its batches would silently go unaugmented."""
+    if cfg.get("augment") is None or "augment" in cfg.data:
+        return
+    raise DeepmineError(
+        "augment applies to image batches, but this data "
+        f"({cfg.data._target_.rsplit('.', 1)[-1]}) has no images",
+        "drop augment (augment=none), or use image data: data=fashion_mnist or data=digits",
+    )
 
 
 def build_datamodule(cfg: DictConfig):
-    """The datamodule, checked against the task, with the config's null shapes filled in."""
+    """The datamodule, checked against the task, read (`setup`), with the config's null
+    shapes filled in. Reading it here, before `deepmine train` opens its MLflow run, turns a
+    bad file (a corrupt image, a broken table) into a one-line error with no run left
+    behind; `trainer.fit` finds the splits already made."""
     check_pairing(cfg)
     datamodule = checked_instantiate(cfg.data)
+    datamodule.setup()
     missing = [key for key in SHAPE_KEYS if key in cfg.data and cfg.data[key] is None]
     if missing:
         shapes = datamodule.shapes()

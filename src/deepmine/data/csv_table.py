@@ -40,7 +40,7 @@ class CSVDataModule(TensorDataModule):
     def __init__(
         self,
         path: str,
-        target: str,
+        target: str | None,
         targets: str = "auto",
         features: Sequence[str] | None = None,
         categorical: Sequence[str] | None = None,
@@ -68,8 +68,9 @@ class CSVDataModule(TensorDataModule):
                 "set data.path to a CSV file (relative: to this directory, else to the project)",
             )
         self.dvc_tracked = self.path.is_relative_to(project_root() / "data")
-        self.target = str(target)
-        self.target_names = (self.target,)
+        #: None: a table without labels (clustering only; every label is -1)
+        self.target = None if target is None else str(target)
+        self.target_names = () if target is None else (self.target,)
         self.features = _names(features)
         self.categorical = _names(categorical) or []
         self.impute = impute
@@ -103,7 +104,7 @@ class CSVDataModule(TensorDataModule):
     def _found_shapes(self) -> dict:
         shapes = {"input_shape": [len(self.feature_names)]}
         if self.targets == "class":
-            k = len(self.class_names)
+            k = len(self.class_names) or None  # None: no labels, nothing to count
             return {**shapes, "num_outputs": k, "num_classes": k}
         outputs = self.configured["num_outputs"]
         return {**shapes, "num_outputs": outputs if outputs is not None else 1, "num_targets": 1}
@@ -128,7 +129,7 @@ class CSVDataModule(TensorDataModule):
         columns, the numeric ones as float64 and the encoded target."""
         frame = tables.read_table(self.path)
         features = self._feature_columns(frame)
-        used = [*features, self.target, *([self.split_column] if self.split_column else [])]
+        used = [*features, *self._reserved()]
         numeric = {
             c: tables.numeric_column(frame, c, self.path, NOT_NUMERIC_FIX)
             for c in features
@@ -143,10 +144,11 @@ class CSVDataModule(TensorDataModule):
 
     def _feature_columns(self, frame: pd.DataFrame) -> list[str]:
         """The feature columns: those listed, or every column but the target and split column."""
-        tables.require_columns(frame, [self.target], "data.target", self.path)
+        if self.target is not None:
+            tables.require_columns(frame, [self.target], "data.target", self.path)
         if self.split_column is not None:
             tables.require_columns(frame, [self.split_column], "data.split_column", self.path)
-        reserved = {self.target, self.split_column}
+        reserved = set(self._reserved())
         if self.features is None:
             features = [str(c) for c in frame.columns if c not in reserved]
         else:
@@ -168,7 +170,13 @@ class CSVDataModule(TensorDataModule):
             )
         return features
 
+    def _reserved(self) -> list[str]:
+        """The target and split columns, where set: not features."""
+        return [c for c in (self.target, self.split_column) if c is not None]
+
     def _target_values(self, frame: pd.DataFrame) -> pd.Series:
+        if self.target is None:
+            return pd.Series(np.full(len(frame), -1, dtype=np.int64))
         if self.targets == "class":
             return frame[self.target]
         return tables.numeric_column(
@@ -206,6 +214,8 @@ class CSVDataModule(TensorDataModule):
         float32 column in their own units."""
         if self.targets == "value":
             return torch.from_numpy(values.to_numpy(np.float32, copy=True)).reshape(-1, 1)
+        if self.target is None:
+            return torch.from_numpy(values.to_numpy(np.int64, copy=True))
         if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values, 1) == 0):
             raise DeepmineError(
                 f"target {self.target!r} of {self.path} holds fractional numbers, e.g. "
@@ -232,7 +242,7 @@ class CSVDataModule(TensorDataModule):
             self.val_size,
             self.split_seed,
             self.path,
-            labels=y.numpy() if self.targets == "class" else None,
+            labels=y.numpy() if self.targets == "class" and self.target is not None else None,
         )
 
     def _feature_matrix(

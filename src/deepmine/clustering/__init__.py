@@ -1,0 +1,1 @@
+"""Clustering: scores against held-back labels, k-means on codes, DEC refinement."""
