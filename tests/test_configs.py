@@ -65,6 +65,7 @@ def test_groups_have_the_documented_options():
     assert options("launcher") == ["joblib", "slurm", "submitit_local"]
     assert options("hparams_search") == ["fashion_mnist_optuna", "grid"]
     assert options("hydra/sweeper") == ["grid", "optuna"]
+    assert options("augment") == ["flip", "none", "standard"]  # tests/test_augment.py
 
 
 def compose_hydra(tmp_path: Path, *overrides: str):

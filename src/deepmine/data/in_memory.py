@@ -9,15 +9,22 @@ Images are kept as stored (uint8 pixels stay uint8) and normalized per batch, on
 being fed: a quarter of the memory of a float32 copy of the whole set (Fashion-MNIST: 47 MB
 instead of 188 MB, with no float copies made while splitting), and the same values bit for bit,
 since normalization is elementwise.
+
+Training batches can be augmented (`augment`, the Keras `ImageDataGenerator` options, see
+`deepmine.data.augment`): on the batch's device, after Lightning moved it there
+(`on_after_batch_transfer`), only while the Trainer trains; validation, sanity checks, test and
+predict see the data as stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from deepmine.data.augment import PixelSpace, batch_augmentation
 from deepmine.data.batches import Normalize
 from deepmine.data.tensors import TensorDataModule, split_count
 from deepmine.errors import DeepmineError
@@ -44,6 +51,7 @@ class InMemoryDataModule(TensorDataModule):
         shuffle_seed: int = 0,
         normalize: str = "scale",
         num_outputs: int | None = None,
+        augment: Mapping | None = None,
     ):
         super().__init__(batch_size, eval_batch_size, shuffle_seed)
         if normalize not in NORMALIZATIONS:
@@ -58,6 +66,14 @@ class InMemoryDataModule(TensorDataModule):
         self.val_size = val_size
         self.split_seed = split_seed
         self.normalize = normalize
+        # checked here, when the config is built: a bad setting stops the run before it opens
+        self.augmentation = batch_augmentation(augment)
+        if self.augmentation is not None and len(self.input_shape) != 3:
+            raise DeepmineError(
+                f"augment needs images of shape [channels, height, width], but data.input_shape "
+                f"is {list(self.input_shape)}",
+                "set input_shape to [C, H, W], or augment=none",
+            )
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -92,6 +108,17 @@ class InMemoryDataModule(TensorDataModule):
             "test": (x_test, y_test),
         }
         self.transform = self._normalization(self.tensors["train"][0])
+        if self.augmentation is not None:
+            self.augmentation.pixels = PixelSpace(self.transform, self.pixel_max)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment a training batch on its device; any other batch passes as it is. With no
+        augmentation this is one `None` check per batch (Lightning calls the task's no-op hook
+        instead when a datamodule has none, so the call itself costs nothing more)."""
+        if self.augmentation is None or not (self.trainer is not None and self.trainer.training):
+            return batch
+        x, y = batch
+        return self.augmentation(x), y
 
     def _as_images(self, x: np.ndarray, split: str) -> torch.Tensor:
         x = np.asarray(x)
