@@ -32,7 +32,7 @@ def test_unknown_group_option_lists_the_available_ones(sandbox):
         sandbox,
         proc,
         "unknown option 'cnnn' for config group 'net'",
-        "available: cnn, gru, lstm, mlp, seed_mlp, transformer",
+        "available: autoencoder, cnn, conv_autoencoder, gru, lstm, mlp, seed_mlp, transformer",
         "e.g. net=cnn",
     )
 

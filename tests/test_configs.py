@@ -43,6 +43,7 @@ def test_groups_have_the_documented_options():
         "digits",
         "elnino",
         "fashion_mnist",
+        "image_folder",  # tests/test_image_folder.py
         "series_csv",
         "sunspots",
     ]

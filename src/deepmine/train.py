@@ -237,6 +237,8 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
     tags = {}
     if cfg.data.get("path"):
         tracked, tags = _user_file(cfg, root)
+    elif cfg.data.get("root"):
+        tracked, tags = _user_folder(cfg, root)
     tags["deepmine.data.dvc_tracked"] = str(tracked).lower()
     if (root / DVC_FILE).is_file():
         tags["deepmine.data.md5"] = read_pin(root).md5
@@ -277,6 +279,30 @@ def _user_file(cfg: DictConfig, root: Path) -> tuple[bool, dict[str, str]]:
     if path.is_relative_to((root / DATA_DIR).resolve()):
         return True, {}
     return False, {"deepmine.data.csv.path": str(path), "deepmine.data.csv.md5": file_md5(path)}
+
+
+def _user_folder(cfg: DictConfig, root: Path) -> tuple[bool, dict[str, str]]:
+    """An image folder the user names (`data.root`), as `_user_file` treats a file: absolute in
+    the config; inside `data/` versioned by DVC, elsewhere recorded by its path and content hash
+    (`folder_hash`: every image's relative path, size and MD5)."""
+    from deepmine.data.csv_table import resolve
+    from deepmine.data.image_folder import folder_hash
+    from deepmine.data.version import DATA_DIR
+
+    path = resolve(cfg.data.root)
+    if not path.is_dir():
+        raise DeepmineError(
+            f"data.root={cfg.data.root}: {path} is not a folder",
+            "point data.root at a folder of class folders of images (relative to the current "
+            "directory or the project)",
+        )
+    cfg.data.root = str(path)
+    if path.is_relative_to((root / DATA_DIR).resolve()):
+        return True, {}
+    return False, {
+        "deepmine.data.image_folder.root": str(path),
+        "deepmine.data.image_folder.hash": folder_hash(path),
+    }
 
 
 def connect_store(cfg: DictConfig):

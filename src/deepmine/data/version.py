@@ -134,6 +134,58 @@ def pull(root: Path, force: bool = False) -> str:
     return prefix + "filled data/ from the public source and verified it; " + state.describe()
 
 
+def add_folder(root: Path, source: Path, name: str | None = None, force: bool = False) -> str:
+    """Copy folder `source` into `data/<name>/` and re-pin `data/` in `data.dvc` (`dvc commit`,
+    which also stores the new bytes in the DVC cache). Returns what to pass to `deepmine train`.
+
+    Refused when `data/` is missing or already differs from its pin (the new pin would silently
+    take those changes too), and when `data/<name>` exists, unless `force` replaces it. The copy
+    is made beside its target and renamed into place, so a failed copy leaves data/ as it was.
+    Hidden files and folders (`.DS_Store`, `.git`) are not copied: no reader uses them.
+    """
+    source = Path(source).expanduser().resolve()
+    if not source.is_dir():
+        raise DeepmineError(f"{source} is not a folder", "give the folder to add, e.g. ~/flowers")
+    name = name or source.name
+    if name in ("", ".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise DeepmineError(
+            f"--name {name!r} is not a folder name", "give a plain name, e.g. --name flowers"
+        )
+    data = root / DATA_DIR
+    target = data / name
+    if source == target.resolve() or target.resolve().is_relative_to(source):
+        raise DeepmineError(f"{source} is data/{name} itself or holds it", "add another folder")
+    state = check(root)
+    if not state.matches:
+        raise DeepmineError(
+            f"cannot add to data/: {state.describe()}",
+            "run `deepmine data pull` (or `--force`) first, so the new pin holds only your folder",
+        )
+    if target.exists() and not force:
+        raise DeepmineError(
+            f"data/{name} already exists", "pick another --name, or pass --force to replace it"
+        )
+    staging = Path(tempfile.mkdtemp(prefix=f".add-{name}-", dir=data))
+    retired = data / f"{staging.name}-old"
+    try:
+        shutil.copytree(source, staging / name, ignore=shutil.ignore_patterns(".*"))
+        if target.exists():
+            target.rename(retired)
+        (staging / name).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+    with _repo(root) as repo:
+        # hashes data/, stores the new files in the DVC cache and rewrites data.dvc's pin
+        repo.commit(str(root / DVC_FILE), force=True, relink=False)
+    pin = read_pin(root)
+    return (
+        f"added {source} as data/{name}; data.dvc now pins md5 {pin.md5} ({pin.nfiles} files)\n"
+        f"train on it with: deepmine train data=image_folder data.root=data/{name}\n"
+        "then commit data.dvc to git (and `dvc push` to your DVC remote, so others can pull it)"
+    )
+
+
 def _default_remote(root: Path) -> str | None:
     with _repo(root) as repo:
         remotes = dict(repo.config.get("remote", {}))
