@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, deepmine_run, median, save
+from common import ROOT, deepmine_run, fashion_mnist_datamodule, median, save
 
 OPTIONS = ("none", "flip", "standard")
 #: (net, batch size) pairs: the seed MLP at the article's batch, the CNN at the speedrun's
@@ -73,15 +73,8 @@ def per_batch(batch_size: int, calls: int) -> dict:
     import torch
 
     from deepmine.data.augment import PixelSpace, batch_augmentation
-    from deepmine.data.fashion_mnist import FashionMNISTDataModule
 
-    dm = FashionMNISTDataModule(
-        data_dir=str(ROOT / "data" / "fashion_mnist"),
-        num_classes=10,
-        input_shape=[1, 28, 28],
-        batch_size=batch_size,
-    )
-    dm.setup()
+    dm = fashion_mnist_datamodule(batch_size)
     batches = [x for x, _ in itertools.islice(dm.train_dataloader(), 50)]
     n_batches = len(dm.train_dataloader())
     functions = {}

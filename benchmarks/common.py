@@ -48,8 +48,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def fashion_mnist_tensors(batch_size: int = 32):
-    """The train/val tensors a deepmine run trains on (split seed 0), normalized in advance."""
+def fashion_mnist_datamodule(batch_size: int = 32):
+    """Fashion-MNIST as a deepmine run reads it (split seed 0, normalize=scale), set up."""
     from deepmine.data.fashion_mnist import FashionMNISTDataModule
 
     dm = FashionMNISTDataModule(
@@ -59,6 +59,12 @@ def fashion_mnist_tensors(batch_size: int = 32):
         batch_size=batch_size,
     )
     dm.setup()
+    return dm
+
+
+def fashion_mnist_tensors(batch_size: int = 32):
+    """The train/val tensors a deepmine run trains on (split seed 0), normalized in advance."""
+    dm = fashion_mnist_datamodule(batch_size)
     return dm.normalized("train"), dm.normalized("val")
 
 
