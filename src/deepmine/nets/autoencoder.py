@@ -1,7 +1,8 @@
 """Autoencoders: a net that maps an input to a short code and back (task=clustering).
 
-An autoencoder has `encode(x) -> (B, latent_dim)` codes and `forward(x)`, the reconstruction,
-shaped like `x`. Tasks read `latent_dim` (the width of the codes) and call `encode`.
+An autoencoder has `encode(x) -> (B, latent_dim)` codes, `decode(codes)` and `forward(x)`, the
+reconstruction, shaped like `x`. Tasks read `latent_dim` (the width of the codes) and call
+`encode` and `decode`.
 
 `Autoencoder` is the fully connected autoencoder of DEC (Xie, Girshick & Farhadi, ICML 2016):
 input-500-500-2000-10 with ReLU between layers and no activation on the code or the output.
@@ -62,8 +63,11 @@ class Autoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code).view(len(code), *self.input_shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x)).view(len(x), *self.input_shape)
+        return self.decode(self.encoder(x))
 
 
 class ConvAutoencoder(nn.Module):
@@ -123,5 +127,8 @@ class ConvAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        return self.decode(self.encoder(x))

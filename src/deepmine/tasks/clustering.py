@@ -69,10 +69,10 @@ class ClusteringTask(Task):
         seed: int = 0,
     ):
         super().__init__(net, optimizer, scheduler, monitor, mode)
-        if not callable(getattr(net, "encode", None)):
+        if not all(callable(getattr(net, name, None)) for name in ("encode", "decode")):
             raise DeepmineError(
                 f"task=clustering needs a net with codes (an autoencoder); {type(net).__name__} "
-                "has no encode()",
+                "has no encode() and decode()",
                 "use net=autoencoder or net=conv_autoencoder",
             )
         if num_clusters is None or int(num_clusters) < 2:
@@ -171,7 +171,8 @@ class ClusteringTask(Task):
                 part = part.to(self.device)
                 code = self.net.encode(part)
                 codes.append(code.cpu())
-                squared += float(F.mse_loss(self.net(part), part, reduction="sum"))
+                # from the codes already made: the encoder runs once per sample
+                squared += float(F.mse_loss(self.net.decode(code), part, reduction="sum"))
         return torch.cat(codes), squared / max(x.numel(), 1)
 
     def _dec(self, x: torch.Tensor, centers: np.ndarray):
