@@ -1,9 +1,11 @@
 """Adversarial robustness: the attacks against closed forms and each other, the evaluation after
-the test and adversarial training end to end (real subprocess runs into a real SQLite store)."""
+the test, robust validation (checkpoints selected by val/robust_acc), adversarial training end to
+end and both evaluations under DDP (real subprocess runs into a real SQLite store)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -15,7 +17,14 @@ from torch.nn import functional as F
 
 from deepmine.build import build_task
 from deepmine.data.batches import Normalize
-from deepmine.robustness.attacks import PixelModel, attack, attack_context, fgsm, pgd
+from deepmine.robustness.attacks import (
+    PixelModel,
+    SampleNoise,
+    attack,
+    attack_context,
+    fgsm,
+    pgd,
+)
 
 FAST = ("data=digits", "net=cnn", "debug=fast")
 
@@ -170,6 +179,23 @@ def test_pgd_restarts_never_lose_a_found_example():
     assert torch.all(fooled_three >= fooled_one)
 
 
+def test_sample_noise_starts_each_sample_alike_however_the_batch_is_split():
+    """Two DDP ranks attack the even and the odd samples of a split: with `SampleNoise` each
+    sample gets the random starts (and so the adversarial example) it gets in one batch."""
+    model, (x, y) = small_cnn(), image_batch()
+    model.eval()
+
+    def attacked(rows):
+        noise = SampleNoise(7, rows)
+        return attack("pgd", model, x[rows], y[rows], 0.1, steps=3, restarts=2, generator=noise)
+
+    whole = attacked(torch.arange(64))
+    for rank in (0, 1):
+        assert torch.equal(attacked(torch.arange(rank, 64, 2)), whole[rank::2])
+    other_seed = attack("pgd", model, x, y, 0.1, steps=3, generator=SampleNoise(8, range(64)))
+    assert not torch.equal(other_seed, whole)
+
+
 # --- configs ---------------------------------------------------------------------------------
 
 
@@ -211,6 +237,79 @@ def test_unknown_adversarial_method_is_refused(tmp_path):
 
     with pytest.raises(DeepmineError, match=r"task\.adversarial=trades"):
         build_task(compose_cfg(tmp_path, *FAST, "task.adversarial=trades"))
+
+
+def test_robust_validation_options_compose(tmp_path):
+    off = compose_cfg(tmp_path, *FAST)
+    assert off.task.val_attack is None and off.task.val_attack_samples == 500
+    assert off.task.val_attack_eps == off.task.adversarial_eps == 0.1  # the training budget
+    assert list(off.task.input_shape) == [1, 8, 8]
+    assert build_task(off).val_robust_acc is None
+    cfg = compose_cfg(
+        tmp_path,
+        *FAST,
+        "task.val_attack=pgd",
+        "task.adversarial_eps=0.2",
+        "task.val_attack_steps=3",
+        "task.val_attack_step_size=0.5",
+        "task.val_attack_samples=64",
+        "task.monitor=robust_acc",
+    )
+    assert cfg.task.val_attack_eps == 0.2
+    task = build_task(cfg)
+    assert (task.val_attack, task.val_attack_eps, task.val_attack_steps) == ("pgd", 0.2, 3)
+    assert task.val_attack_step_size == 0.5 and task.val_attack_samples == 64
+    assert task.monitor == "robust_acc" and task.monitored == "val/robust_acc"
+    # checkpointing, early stopping and the objective follow the monitor by interpolation
+    assert cfg.callbacks.model_checkpoint.monitor == "val/robust_acc"
+    assert cfg.callbacks.early_stopping.monitor == "val/robust_acc"
+    assert cfg.optimized_metric == "val/robust_acc_best"
+
+
+@pytest.fixture(scope="module")
+def iris_csv(tmp_path_factory) -> Path:
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    path = tmp_path_factory.mktemp("table") / "iris.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("task.val_attack=cw",), r"task\.val_attack=cw is not one of fgsm, pgd"),
+        (("task.monitor=robust_acc",), r"task\.monitor=robust_acc needs a robust validation"),
+        (("task.val_attack=pgd", "task.val_attack_samples=0"), r"task\.val_attack_samples=0"),
+        (("task.val_attack=pgd", "task.input_shape=[4]"), r"task\.val_attack attacks images"),
+    ],
+)
+def test_bad_robust_validation_options_are_refused(tmp_path, overrides, message):
+    from deepmine.errors import DeepmineError
+
+    with pytest.raises(DeepmineError, match=message):
+        build_task(compose_cfg(tmp_path, *FAST, *overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((*FAST, "task.val_attack=cw"), "task.val_attack=cw is not one of fgsm, pgd"),
+        (("data=csv", "data.target=target", "net=mlp", "task.val_attack=pgd"), "attacks images"),
+    ],
+    ids=["unknown-attack", "table"],
+)
+def test_bad_robust_validation_is_one_line_and_opens_no_run(sandbox, iris_csv, overrides, message):
+    """Refused before any run opens: exit code 2, one line, an empty store."""
+    from conftest import one_line_error
+
+    table = (f"data.path={iris_csv}",) if "data=csv" in overrides else ()
+    proc = sandbox.train(*overrides, *table, "debug=fast")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in one_line_error(proc)
+    assert "Traceback" not in proc.stderr
+    assert sandbox.runs() == []
 
 
 # --- in-process training: the adversarial step -----------------------------------------------
@@ -313,3 +412,82 @@ def test_adversarial_training_runs_end_to_end_and_differs_from_natural(sandbox):
         assert runs[method]["metrics"]["train/loss_epoch"] > natural, method
     losses = {method: run["metrics"]["train/loss_epoch"] for method, run in runs.items()}
     assert losses["fgsm_rs"] != losses["pgd"]
+
+
+def test_monitor_robust_acc_selects_the_checkpoint_by_it(sandbox):
+    """Two epochs monitored by val/robust_acc: the best checkpoint, val/robust_acc_best and the
+    objective all come from the per-epoch val/robust_acc history."""
+    proc = sandbox.train(
+        *FAST,
+        "trainer.max_epochs=2",
+        "task.val_attack=fgsm",
+        "task.val_attack_samples=128",
+        "task.monitor=robust_acc",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = sandbox.runs()
+    history = sorted(
+        sandbox.client().get_metric_history(run.info.run_id, "val/robust_acc"),
+        key=lambda m: m.step,
+    )
+    values = [m.value for m in history]
+    assert len(values) == 2 and all(0 <= v <= 1 for v in values)
+    assert all(v * 128 == round(v * 128) for v in values)  # a count out of 128 samples
+    best_epoch = values.index(max(values))  # ties keep the earlier checkpoint
+    metrics = run.data.metrics
+    assert metrics["val/robust_acc_best"] == max(values)
+    out = Path(run.data.tags["deepmine.output_dir"])
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["objective"] == {"name": "val/robust_acc_best", "value": max(values)}
+    assert Path(summary["best_checkpoint"]).name == f"epoch{best_epoch:03d}.ckpt"
+    checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["monitor"] == "val/robust_acc"
+    assert float(state["best_model_score"]) == pytest.approx(max(values))
+    assert checkpoint["deepmine_val_best"] == pytest.approx(max(values))
+
+
+def test_ddp_robust_metrics_equal_a_single_process_evaluation(sandbox, tmp_path):
+    """trainer=ddp (2 gloo CPU processes): each rank attacks the samples of its own test and
+    validation shards and the correct counts are summed over the ranks. The same checkpoint
+    evaluated by one process (`deepmine eval run_id=...`, and an in-process `validate`) gives
+    the same accuracies, exactly: the same samples (each rank's share of the first n), the
+    same random start per sample (SampleNoise), integer counts summed. Only float rounding
+    that depends on the batch size could flip a prediction, and here none does."""
+    from conftest import run_cli
+    from deepmine.build import build
+    from deepmine.checkpoints import load_weights
+
+    robust_val = ("task.val_attack=pgd", "task.val_attack_samples=100", "task.monitor=robust_acc")
+    proc = sandbox.train(
+        *FAST, "trainer=ddp", "robustness=fgsm_pgd", "robustness.max_samples=64", *robust_val
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = sandbox.runs()
+    out = Path(run.data.tags["deepmine.output_dir"])
+    assert (out / "ddp" / "rank1.log").is_file() and run.data.params["trainer.devices"] == "2"
+    trained = {k: v for k, v in run.data.metrics.items() if k.startswith("robust/")}
+    assert len(trained) == 8
+    assert {"plots/robust_accuracy.png", "plots/adversarial_examples.png"} <= artifact_paths(
+        sandbox.client(), run.info.run_id
+    )
+
+    evaluated = run_cli(
+        "eval",
+        *sandbox.overrides(f"run_id={run.info.run_id}", "robustness=fgsm_pgd"),
+        "robustness.max_samples=64",
+        cwd=sandbox.cwd,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (evaluation,) = [r for r in sandbox.runs() if r.info.run_id != run.info.run_id]
+    single = {k: v for k, v in evaluation.data.metrics.items() if k.startswith("robust/")}
+    assert single == trained
+    assert all(v * 64 == round(v * 64) for v in single.values())  # counts out of 64 samples
+
+    cfg = compose_cfg(tmp_path, *FAST, "logger=none", *robust_val)
+    parts = build(cfg)
+    (checkpoint,) = (out / "checkpoints").glob("epoch*.ckpt")
+    load_weights(parts.task, checkpoint)
+    (validated,) = parts.trainer.validate(parts.task, datamodule=parts.datamodule, verbose=False)
+    assert validated["val/robust_acc"] == run.data.metrics["val/robust_acc"]
+    assert validated["val/acc"] == run.data.metrics["val/acc"]

@@ -10,7 +10,12 @@ not update them, Dropout must not randomize the gradient) and given back in the 
 Gradients are taken with `torch.autograd.grad` with respect to the input only, so nothing
 accumulates in the parameters' `.grad`. `trainer.test` runs under `torch.inference_mode`, where
 no graph is recorded: `attack_context` leaves it, and the inputs are cloned inside, since
-tensors made in inference mode cannot take part in autograd.
+tensors made in inference mode cannot take part in autograd. Lightning's validation loop runs
+under inference mode too (or `torch.no_grad` with DDP on gloo): the same context serves there.
+
+Random starts come from a `torch.Generator` (or the global RNG), or from `SampleNoise`, which
+draws each sample's start from its own index in the split, so an evaluation sharded over DDP
+ranks attacks every sample exactly as a single process does.
 
 Why not torchattacks, ART or foolbox: each is another dependency (with its own torch and numpy
 pins) for two functions of a dozen lines each, and none knows this project's pixel scale and
@@ -20,8 +25,9 @@ batch normalization, so a wrapper would be needed anyway.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -87,6 +93,34 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
+class SampleNoise:
+    """Random starts drawn sample by sample, from each sample's index in the attacked split.
+
+    A `torch.Generator` draws the noise of a whole batch at once, so a sample's start depends on
+    the samples before it in the batch: under DDP, where each rank attacks its own shard, the
+    same sample would start elsewhere than in a single process. Here the `k`-th draw for the
+    sample of index `i` is `numpy.random.default_rng([seed, k, i])`'s, whatever the batching or
+    the sharding; `index` gives the split index of each row of the batches attacked.
+    """
+
+    def __init__(self, seed: int, index: Iterable[int]):
+        self.seed, self.index, self.draws = int(seed), [int(i) for i in index], 0
+
+    def uniform(self, shape: torch.Size) -> torch.Tensor:
+        """Uniform [0, 1) noise of `shape`, one row per sample of `index` (float32, CPU)."""
+        if shape[0] != len(self.index):
+            raise ValueError(f"noise for {len(self.index)} samples asked for {shape[0]}")
+        draw, self.draws = self.draws, self.draws + 1
+        rows = [
+            np.random.default_rng([self.seed, draw, i]).random(tuple(shape[1:]), np.float32)
+            for i in self.index
+        ]
+        return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(tuple(shape))
+
+
+Noise = torch.Generator | SampleNoise | None
+
+
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,
@@ -94,7 +128,7 @@ def fgsm(
     eps: float,
     random_start: bool = False,
     step_size: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of ε·sign(∇x loss).
 
@@ -108,10 +142,14 @@ def fgsm(
     return _project(start + step * _loss_grad(model, start, y).sign(), x, eps).detach()
 
 
-def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None):
+def _random_start(x: torch.Tensor, eps: float, generator: Noise):
     """A uniform point of the ε-ball around `x`, inside [0, 1]; drawn on the CPU so a seed gives
     the same start on any device."""
-    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    if isinstance(generator, SampleNoise):
+        noise = generator.uniform(x.shape)
+    else:
+        noise = torch.rand(x.shape, generator=generator, device="cpu")
+    noise = noise.to(device=x.device, dtype=x.dtype)
     return (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
 
 
@@ -124,7 +162,7 @@ def pgd(
     step_size: float | None = None,
     random_start: bool = True,
     restarts: int = 1,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
 ) -> torch.Tensor:
     """Projected gradient descent on the loss, L∞ (Madry et al. 2018): `steps` signed steps
     of `step_size` (default 2.5ε/steps), each projected back onto the ε-ball and [0, 1].
@@ -165,7 +203,7 @@ def attack(
     step_size: float | None = None,
     random_start: bool = True,
     restarts: int = 1,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
 ) -> torch.Tensor:
     """Adversarial [0, 1] pixels for `x` by the attack `name` (fgsm | pgd), the model in eval
     mode and gradients on whatever mode the caller is in. FGSM takes no random start here: it

@@ -66,11 +66,12 @@ class Task(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         metrics = self.make_metrics()
-        if monitor not in metrics:
+        monitorable = [*metrics.keys(), *self.extra_monitors()]
+        if monitor not in monitorable:
             raise DeepmineError(
                 f"task.monitor={monitor} is not a metric of {type(self).__name__} "
-                f"(its metrics: {', '.join(metrics.keys())})",
-                f"pick one of them, e.g. task.monitor={next(iter(metrics.keys()))}",
+                f"(its metrics: {', '.join(monitorable)})",
+                f"pick one of them, e.g. task.monitor={monitorable[0]}",
             )
         if mode not in MODES:
             raise DeepmineError(f"task.mode={mode} is not max or min", "use task.mode=max|min")
@@ -88,6 +89,15 @@ class Task(pl.LightningModule):
 
     def make_metrics(self) -> MetricCollection:
         raise NotImplementedError
+
+    def extra_monitors(self) -> tuple[str, ...]:
+        """Validation metrics logged outside `make_metrics` (as `val/<name>`) that
+        `task.monitor` may name; `monitored_value` must then give their value."""
+        return ()
+
+    def monitored_value(self) -> torch.Tensor:
+        """This validation epoch's value of the monitored metric, synced over DDP ranks."""
+        return self.val_metrics[self.monitor].compute()
 
     def learning_target(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the outputs are compared with (loss, training sums, val/test metrics)."""
@@ -221,7 +231,7 @@ class Task(pl.LightningModule):
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_best(self.val_metrics[self.monitor].compute())
+        self.val_best(self.monitored_value())
         self.log(f"{self.monitored}_best", self.val_best.compute(), prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
