@@ -1,8 +1,10 @@
 """Secrets never reach MLflow: a real `deepmine train` with secret overrides, then the whole
-store (params, tags, every artifact's bytes, the SQLite file's bytes) is searched for them."""
+store (params, tags, every artifact's bytes, the SQLite file's bytes) is searched for them; the
+same for a sweep (parent, children, summary), an evaluation and a run that fails."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,32 @@ TOKEN = "tok-XYZ"
 
 def _all_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+def _unique_secret() -> str:
+    return f"s3cr3t-{uuid.uuid4().hex}"
+
+
+def _files_holding(secret: str, *roots: Path) -> list[str]:
+    """Every file under `roots` whose raw bytes contain `secret` (none is the goal)."""
+    return [
+        str(path)
+        for root in roots
+        for path in _all_files(root)
+        if secret.encode() in path.read_bytes()
+    ]
+
+
+def _store_files(sandbox) -> list[Path]:
+    """The store folder: the SQLite file (and any journal) and mlartifacts/."""
+    files = _all_files(sandbox.db.parent)
+    assert sandbox.db in files and any("mlartifacts" in p.parts for p in files)
+    return files
+
+
+def _text_artifact(client, run_id: str, path: str, dest: Path) -> str:
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(dest))).read_text()
 
 
 def test_secret_overrides_are_masked_everywhere_in_the_store(sandbox, tmp_path):
@@ -119,3 +147,115 @@ def test_a_masked_override_is_replayed_only_when_given_again():
         secrets.unmasked_overrides(recorded, "r1")
     kept = secrets.unmasked_overrides(recorded, "r1", given=["+db.credential=real"])
     assert kept == ["data=digits"]
+
+
+def test_a_sweep_masks_its_secrets_in_the_parent_children_and_summary(sandbox, tmp_path):
+    """A grid over two learning rates, one of them the secret pasted into the wrong option:
+    that job fails before its run opens with an error that echoes the value."""
+    secret = _unique_secret()
+    proc = run_cli(
+        "train",
+        "-m",
+        *sandbox.overrides(
+            "data=digits", "debug=fast", f"+db.password={secret}", f"optimizer.lr=1e-3,{secret}"
+        ),
+        cwd=sandbox.cwd,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    runs = sandbox.runs()
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    by_job = {int(r.data.tags["deepmine.sweep.job"]): r for r in runs if r is not parent}
+    assert [by_job[j].info.status for j in (0, 1)] == ["FINISHED", "FAILED"]
+    assert "+db.password=***" in parent.data.tags["deepmine.command"]
+    assert "optimizer.lr='***'" in by_job[1].data.tags["deepmine.error"]  # masked, not dropped
+    assert parent.data.params["db.password"] == secrets.MASK
+    assert by_job[0].data.params["db.password"] == secrets.MASK
+
+    client = sandbox.client()
+    multirun = _text_artifact(client, parent.info.run_id, "sweep/multirun.yaml", tmp_path / "p")
+    assert "+db.password=***" in multirun
+    trials = _text_artifact(client, parent.info.run_id, "summary/trials.md", tmp_path / "s")
+    assert "***" in trials  # the failed job's swept value and error
+    # the store's bytes (SQLite file, every artifact) and the summary folder that was logged
+    summary = Path(parent.data.tags["deepmine.sweep.dir"]) / "summary"
+    assert (summary / "trials.md").is_file()
+    assert _files_holding(secret, sandbox.db.parent, summary) == []
+    assert _store_files(sandbox)
+
+
+def test_eval_masks_the_secrets_of_its_command_line_and_of_the_model_config(sandbox, tmp_path):
+    secret, token = _unique_secret(), _unique_secret()
+    trained = sandbox.train("data=digits", "debug=fast", f"+db.password={secret}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = sandbox.runs()
+    given = (f"+db.password={secret}", f"+tags.deploy_token={token}")
+    by_run = run_cli(
+        "eval",
+        *sandbox.overrides(f"run_id={run.info.run_id}", "data=digits", "debug=fast", *given),
+        cwd=sandbox.cwd,
+    )
+    assert by_run.returncode == 0, by_run.stderr[-3000:]
+    # a checkpoint file is described by this command's own config, secrets included
+    (ckpt,) = sandbox.logs.glob("train/runs/*/*/checkpoints/epoch*.ckpt")
+    by_file = run_cli(
+        "eval",
+        *sandbox.overrides(f"ckpt_path={ckpt}", "data=digits", "debug=fast", *given),
+        cwd=sandbox.cwd,
+    )
+    assert by_file.returncode == 0, by_file.stderr[-3000:]
+
+    evals = [r for r in sandbox.runs() if r.info.run_id != run.info.run_id]
+    assert len(evals) == 2
+    for ev in evals:
+        assert "+db.password=***" in ev.data.tags["deepmine.command"]
+        assert ev.data.tags["deploy_token"] == secrets.MASK
+    by_file_run = next(r for r in evals if r.data.tags["deepmine.evaluated_checkpoint"])
+    config = yaml.safe_load(
+        _text_artifact(sandbox.client(), by_file_run.info.run_id, "config/config.yaml", tmp_path)
+    )
+    assert config["db"]["password"] == secrets.MASK
+    assert _files_holding(secret, sandbox.db.parent) == []
+    assert _files_holding(token, sandbox.db.parent) == []
+    assert _store_files(sandbox)
+
+
+def test_a_run_that_fails_after_it_opened_records_its_error_masked(sandbox, tmp_path):
+    """The secret pasted into an option that only fails after training (no such metric):
+    the error tag and the traceback artifact echo the option's value."""
+    secret = _unique_secret()
+    proc = sandbox.train(
+        "data=digits", "debug=fast", f"+db.password={secret}", f"optimized_metric=val/{secret}"
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "was never logged" in one_line_error(proc)
+    (run,) = sandbox.runs()
+    assert run.info.status == "FAILED"
+    assert "optimized_metric=val/*** was never logged" in run.data.tags["deepmine.error"]
+    text = _text_artifact(sandbox.client(), run.info.run_id, "error/traceback.txt", tmp_path)
+    assert "Traceback" in text and "val/***" in text
+    assert _files_holding(secret, sandbox.db.parent) == []
+    assert _store_files(sandbox)
+
+
+def test_a_sweep_record_masks_its_space_rows_and_errors():
+    """What the parent records from its config alone (an Optuna space holds every override)."""
+    from deepmine.sweeps.record import SweepInfo, SweepRecord, task_config
+    from deepmine.sweeps.summary import JobRow
+
+    config = OmegaConf.create(
+        {
+            "db": {"password": "pw-12345", "url": "pg://me:${db.password}@host"},
+            "optimizer": {"lr": 0.1},
+            "hydra": {"overrides": {"task": ["+db.password=pw-12345", "+x.api_key=key-6789"]}},
+        }
+    )
+    info = SweepInfo(sweep_id="s", kind="optuna", sweep_dir="unused")
+    space = ["optimizer.lr=interval(0.01, 0.1)", "+db.password=pw-12345", "+x.api_key=key-6789"]
+    record = SweepRecord(config, info, space)
+    assert record._space() == [space[0], "+db.password=***", "+x.api_key=***"]
+    assert task_config(config)["db"] == {"password": "***", "url": "pg://me:***@host"}
+    row = JobRow(1, "FAILED", None, {"optimizer.lr": "key-6789", "+db.password": "pw"}, "", "")
+    row.error = "ValueError: cannot log in with pw-12345"
+    masked = record._masked_row(row)
+    assert masked.params == {"optimizer.lr": "***", "+db.password": "***"}
+    assert masked.error == "ValueError: cannot log in with ***"

@@ -86,20 +86,37 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
         tested = trainer.test(task, datamodule=datamodule, verbose=False)
         return {k: float(v) for k, v in tested[0].items()}, None
 
+    from deepmine.secrets import (
+        MASK,
+        is_secret_key,
+        mask_config,
+        mask_overrides,
+        mask_values,
+        secret_values,
+    )
     from deepmine.tracking.run import recorded_run
 
+    # what is recorded is masked (deepmine.secrets): this command's secret overrides and the
+    # model config's secrets (a checkpoint's config is this command's own)
+    overrides = list(HydraConfig.get().overrides.task)
+    values = secret_values(cfg, overrides) | secret_values(model_cfg)
+    user_tags = {
+        str(k): MASK if is_secret_key(k) else str(v) for k, v in (cfg.get("tags") or {}).items()
+    }
     tags = {
         "mlflow.source.name": "deepmine eval",
         "deepmine.evaluated_run": str(cfg.run_id or ""),
         "deepmine.evaluated_checkpoint": str(checkpoint if not cfg.run_id else ""),
-        "deepmine.command": " ".join(["deepmine eval", *HydraConfig.get().overrides.task]),
+        "deepmine.command": " ".join(["deepmine eval", *mask_overrides(overrides, values)]),
         **data_tags,
-        **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+        **user_tags,
     }
+    tags = {key: mask_values(value, values) for key, value in tags.items()}
     name = f"eval-{cfg.run_id[:8]}" if cfg.run_id else f"eval-{checkpoint.stem}"
-    with recorded_run(store, cfg.experiment_name, name, tags) as run:
-        run.log_params(OmegaConf.to_container(model_cfg, resolve=True))
-        run.log_text(OmegaConf.to_yaml(model_cfg, resolve=True), "config/config.yaml")
+    with recorded_run(store, cfg.experiment_name, name, tags, secret_values=values) as run:
+        masked = mask_config(model_cfg)
+        run.log_params(masked)
+        run.log_text(OmegaConf.to_yaml(OmegaConf.create(masked)), "config/config.yaml")
         trainer.loggers = [run.lightning_logger(flush_every_s=cfg.logger.flush_every_s)]
         tested = trainer.test(task, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in tested[0].items()}

@@ -157,10 +157,11 @@ def _recorded(
 ) -> float | None:
     """Fit and test inside an MLflow run that is closed FINISHED, FAILED or KILLED."""
     from deepmine.lineage import git_state, start_pip_freeze
-    from deepmine.secrets import mask_overrides, secret_values
+    from deepmine.secrets import mask_overrides, mask_values, secret_values
     from deepmine.tracking.run import recorded_run
 
     output_dir = Path(cfg.paths.output_dir)
+    secrets = secret_values(cfg, overrides)  # masked in a failure's error and traceback too
     pip_freeze = start_pip_freeze()
     git = git_state(Path(cfg.paths.root_dir))
     if resumed:  # the run keeps the tags of its start; the resume adds its own
@@ -185,6 +186,7 @@ def _recorded(
                 run_name,
                 tags,
                 reopen_run_id=resumed.run_id if resumed else None,
+                secret_values=secrets,
             ) as run,
         ):
             if not resumed:
@@ -364,7 +366,7 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
             indent=2,
         )
     )
-    from deepmine.secrets import mask_config, mask_text, secret_values
+    from deepmine.secrets import mask_config, mask_text, mask_values, secret_values
 
     # what is recorded is masked (deepmine.secrets); `cfg` itself, what trains, is not
     hydra_cfg = HydraConfig.get()
@@ -377,8 +379,8 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
         if (hydra_dir / name).is_file():
             run.log_text(mask_text((hydra_dir / name).read_text(), values), f"config/{name}")
     if git.dirty:
-        run.log_text(git.status, "git/status.txt")
-        run.log_text(git.diff, "git/diff.patch")
+        run.log_text(mask_values(git.status, values), "git/status.txt")
+        run.log_text(mask_values(git.diff, values), "git/diff.patch")
 
 
 def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:

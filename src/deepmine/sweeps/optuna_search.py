@@ -123,7 +123,7 @@ def run_search(sweeper, arguments: list[str]) -> list:
                     raise
                 returns.append(results)
                 for trial, result in zip(group, results, strict=True):
-                    _tell(study, trial, result)
+                    _tell(study, trial, result, record.mask)
             remaining -= len(trials)
         rows = _rows(record, study)
         summary = record.finish(rows, config.get("optimized_metric"), direction)
@@ -207,7 +207,9 @@ def _consecutive(trials) -> list[list]:
     return groups
 
 
-def _tell(study, trial, result) -> None:
+def _tell(study, trial, result, mask=str) -> None:
+    """Tell the study how a trial's job ended; its error (kept in the study's storage) goes
+    through `mask` (the sweep's secret values masked)."""
     from hydra.core.utils import JobStatus
     from optuna import TrialPruned
     from optuna.trial import TrialState
@@ -224,7 +226,7 @@ def _tell(study, trial, result) -> None:
     else:
         from deepmine.sweeps.record import error_line
 
-        trial.set_user_attr("error", error_line(outcome))
+        trial.set_user_attr("error", mask(error_line(outcome)))
         study.tell(trial, state=TrialState.FAIL)
 
 

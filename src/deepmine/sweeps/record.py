@@ -5,6 +5,9 @@ migrates a fresh SQLite DB and the experiment exactly once (parallel jobs racing
 DB is a known MLflow failure), opens the parent run and writes `deepmine-sweep.json` into the
 sweep folder. Each job, in whatever process or machine the launcher puts it, reads that file to
 open its run as a child of the parent (see `deepmine.sweeps.job`).
+
+Secrets (`deepmine.secrets`) are masked in everything the parent records: its tags, params,
+`sweep/multirun.yaml`, the summary, and the errors of failed jobs. Each job masks its own run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -60,12 +63,26 @@ class SweepInfo:
 
 def task_config(config: DictConfig) -> dict:
     """The sweep's base config as plain data: everything but the `hydra` node, resolved, with
-    the per-job output folder replaced by the sweep folder."""
+    the per-job output folder replaced by the sweep folder, and its secrets masked."""
+    from deepmine.secrets import mask_config
+
+    return mask_config(_task(config))
+
+
+def _task(config: DictConfig) -> DictConfig:
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     OmegaConf.set_readonly(task, False)
     with contextlib.suppress(Exception):
         task.paths.output_dir = config.hydra.sweep.dir
-    return OmegaConf.to_container(task, resolve=True)
+    return task
+
+
+def sweep_secrets(config: DictConfig) -> set[str]:
+    """The secret values of a sweep: in its base config and on its command line."""
+    from deepmine.secrets import secret_values
+
+    overrides = [*OmegaConf.select(config, "hydra.overrides.task", default=[]), *sys.argv[1:]]
+    return secret_values(_task(config), overrides)
 
 
 class SweepRecord:
@@ -77,12 +94,20 @@ class SweepRecord:
         self.space = space
         self.store = None
         self.parent = None
+        self.secrets = sweep_secrets(config)
+
+    def mask(self, text: str) -> str:
+        """`text` with the sweep's secret values masked (free text: errors, tracebacks)."""
+        from deepmine.secrets import mask_values
+
+        return mask_values(text, self.secrets)
 
     @contextlib.contextmanager
     def opened(self, reopen_run_id: str | None = None) -> Iterator[SweepRecord]:
         """The parent run is open for the block (no run at all with `logger=none`); it is
         closed FINISHED, FAILED (jobs failed) or KILLED (Ctrl-C/SIGTERM)."""
         from deepmine import interrupts
+        from deepmine.secrets import mask_text
 
         logger = self.config.get("logger")
         Path(self.info.sweep_dir).mkdir(parents=True, exist_ok=True)
@@ -99,7 +124,12 @@ class SweepRecord:
         with (
             interrupts.installed(),
             recorded_run(
-                self.store, experiment, self.info.sweep_id, self._tags(), reopen_run_id
+                self.store,
+                experiment,
+                self.info.sweep_id,
+                self._tags(),
+                reopen_run_id,
+                secret_values=self.secrets,
             ) as parent,
         ):
             self.parent = parent
@@ -108,33 +138,43 @@ class SweepRecord:
             self.info.experiment_name = experiment
             self.info.save()
             if not reopen_run_id:
+                space = self._space()
                 parent.log_params(task_config(self.config))
-                parent.log_params(
-                    {f"sweep.space.{line.split('=')[0]}": line for line in self.space}
-                )
-                parent.log_text("\n".join(self.space) + "\n", "sweep/space.txt")
-                parent.log_text(OmegaConf.to_yaml(self.config), "sweep/multirun.yaml")
+                parent.log_params({f"sweep.space.{line.split('=')[0]}": line for line in space})
+                parent.log_text("\n".join(space) + "\n", "sweep/space.txt")
+                multirun = mask_text(OmegaConf.to_yaml(self.config), self.secrets)
+                parent.log_text(multirun, "sweep/multirun.yaml")
             try:
                 yield self
             except BaseException:
                 self._close_orphans()
                 raise
 
+    def _space(self) -> list[str]:
+        """The search space as recorded: a secret key's values are masked (an Optuna space
+        holds every command-line override)."""
+        from deepmine.secrets import mask_overrides
+
+        return mask_overrides(self.space, self.secrets)
+
     def _tags(self) -> dict[str, str]:
         from deepmine.lineage import git_state, source_tags
+        from deepmine.secrets import mask_overrides
 
         git = git_state(Path(self.config.paths.root_dir))
-        command = " ".join(["deepmine", "train", *sys.argv[1:]])
-        return {
+        argv = mask_overrides(sys.argv, self.secrets)
+        tags = {
             **source_tags(git),
+            "deepmine.argv": " ".join(argv),
             "mlflow.source.name": "deepmine train -m",
-            "deepmine.command": command,
+            "deepmine.command": " ".join(["deepmine", "train", *argv[1:]]),
             "deepmine.sweep.id": self.info.sweep_id,
             "deepmine.sweep.kind": self.info.kind,
             "deepmine.sweep.dir": self.info.sweep_dir,
-            "deepmine.sweep.space": " ".join(self.space),
+            "deepmine.sweep.space": " ".join(self._space()),
             "deepmine.sweep.launcher": str(self.config.hydra.launcher.get("_target_", "")),
         }
+        return {key: self.mask(value) for key, value in tags.items()}
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -151,8 +191,8 @@ class SweepRecord:
             return ""
         from deepmine.tracking.sweep import JOB_TAG, PARENT_TAG, SWEEP_ID_TAG, record_failed_job
 
-        error = error_line(exc)
-        text = "".join(traceback.format_exception(exc)) if exc else error
+        error = self.mask(error_line(exc))
+        text = self.mask("".join(traceback.format_exception(exc))) if exc else error
         tags = {
             PARENT_TAG: self.parent.run_id,
             SWEEP_ID_TAG: self.info.sweep_id,
@@ -164,7 +204,7 @@ class SweepRecord:
             self.parent.experiment_id,
             f"{self.info.sweep_id}-job{job}",
             tags,
-            {f"sweep.{k}": str(v) for k, v in params.items()},
+            {f"sweep.{k}": self.mask(str(v)) for k, v in params.items()},
             error,
             text,
         )
@@ -185,10 +225,23 @@ class SweepRecord:
 
     # --- the end ----------------------------------------------------------------------------
 
+    def _masked_row(self, row: JobRow) -> JobRow:
+        """A summary row as recorded: a swept secret key's value is `***`, and known secret
+        values are masked in the rest (a failed job's error echoes what it was given)."""
+        from deepmine.secrets import MASK, is_secret_key
+
+        params = {
+            k: MASK if is_secret_key(k) else (self.mask(v) if isinstance(v, str) else v)
+            for k, v in row.params.items()
+        }
+        return replace(row, params=params, error=self.mask(row.error))
+
     def finish(self, rows: list[JobRow], objective_name: str, direction: str) -> Summary:
         """Write the summary beside the sweep and into the parent run; mark the parent FAILED
         when jobs failed. The caller raises `SweepFailed` after the parent is closed."""
-        summary = Summary(rows, objective_name or "objective", direction)
+        rows = [self._masked_row(row) for row in rows]
+        objective_name = self.mask(objective_name or "objective")
+        summary = Summary(rows, objective_name, direction)
         folder = Path(self.info.sweep_dir) / "summary"
         files = summary.write(folder)
         if self.parent is not None:

@@ -2,8 +2,8 @@
 
 `recorded_run` ends the run FINISHED when its block returns, KILLED on Ctrl-C or SIGTERM
 (Lightning turns Ctrl-C into `sys.exit(1)`; the KeyboardInterrupt is still its context), and
-FAILED on any other exception, with the error as a tag and the traceback as an artifact. No
-path leaves a run RUNNING.
+FAILED on any other exception, with the error as a tag and the traceback as an artifact (known
+secret values masked in both, see `deepmine.secrets`). No path leaves a run RUNNING.
 
 No path but one: a process killed by SIGKILL (or the OOM killer, or a lost machine) runs no
 code, so its run stays RUNNING. While a run is open it therefore carries a heartbeat: the host
@@ -20,7 +20,7 @@ import socket
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from deepmine.errors import first_line
@@ -87,7 +87,14 @@ class Heartbeat:
 class RecordedRun:
     """A handle on one open run; all writes go through the store's client."""
 
-    def __init__(self, store: Store, run_id: str, experiment_name: str, experiment_id: str):
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        experiment_name: str,
+        experiment_id: str,
+        secret_values: Iterable[str] = (),
+    ):
         self.store = store
         self.client = store.client
         self.run_id = run_id
@@ -95,11 +102,16 @@ class RecordedRun:
         self.experiment_id = experiment_id
         self.end_status = "FINISHED"
         self.loggers: list = []
+        # masked in the free text the run records on its own (error tag, traceback)
+        self.secret_values = set(secret_values)
 
     def fail(self, reason: str) -> None:
         """Close the run FAILED when its block ends, without an exception (a sweep whose jobs
         failed has itself run to the end)."""
+        from deepmine.secrets import mask_values
+
         self.end_status = "FAILED"
+        reason = mask_values(reason, self.secret_values)
         self.set_tags({"deepmine.status_reason": "FAILED", "deepmine.error": reason})
 
     def ui_path(self) -> str:
@@ -158,18 +170,20 @@ def recorded_run(
     tags: dict[str, str],
     reopen_run_id: str | None = None,
     heartbeat_every_s: float = HEARTBEAT_EVERY_S,
+    secret_values: Iterable[str] = (),
 ) -> Iterator[RecordedRun]:
     """Open a run, yield it, and always close it with FINISHED, FAILED or KILLED.
 
     `reopen_run_id` continues an existing run of the experiment instead (a resumed sweep): it is
-    set back to RUNNING, its tags updated, and closed the same way.
+    set back to RUNNING, its tags updated, and closed the same way. `secret_values` (see
+    `deepmine.secrets.secret_values`) are masked in the error and traceback of a failure.
     """
     experiment_id = store.experiment_id(experiment_name)
     if reopen_run_id:
         run_id = _reopen(store, reopen_run_id, experiment_id, tags)
     else:
         run_id = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    run = RecordedRun(store, run_id, experiment_name, experiment_id)
+    run = RecordedRun(store, run_id, experiment_name, experiment_id, secret_values)
     heartbeat = Heartbeat(store, run_id, heartbeat_every_s)
     try:
         heartbeat.start()
@@ -224,8 +238,11 @@ def _reopen(store: Store, run_id: str, experiment_id: str, tags: dict[str, str])
 
 
 def _record_error(run: RecordedRun, exc: BaseException, status: str) -> None:
-    text = "".join(traceback.format_exception(exc))
-    error = f"{type(exc).__name__}: {first_line(exc)}"
+    from deepmine.secrets import mask_values
+
+    # a secret can sit in an error message (a value echoed back, an interpolated option)
+    text = mask_values("".join(traceback.format_exception(exc)), run.secret_values)
+    error = mask_values(f"{type(exc).__name__}: {first_line(exc)}", run.secret_values)
     run.set_tags({"deepmine.status_reason": status, "deepmine.error": error})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "traceback.txt"
