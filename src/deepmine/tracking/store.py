@@ -156,17 +156,96 @@ class _InterruptSafeClient:
 
 
 def _check_server(uri: str) -> None:
-    """Fail fast: MLflow's own client retries an unreachable server for minutes."""
+    """Fail fast: MLflow's own client retries an unreachable server for minutes, and a server
+    that refuses our credentials would only fail once a run is open."""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
-            return
+            pass
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DeepmineError(
-            f"MLflow tracking server {uri} is unreachable ({reason})",
+            f"MLflow tracking server {_shown(uri)} is unreachable ({reason})",
             "start it (`mlflow server --host 127.0.0.1 --port 5000 ...`) or drop "
             "logger.tracking_uri to use the local SQLite store",
         ) from exc
+    _check_login(uri)
+
+
+def _check_login(uri: str) -> None:
+    """One authenticated request, sent exactly as MLflow's client will send every later one.
+
+    `/health` answers anyone; a server with authentication on (`mlflow server --app-name
+    basic-auth`) refuses the API with 401 (no or wrong credentials) or 403 (no permission).
+    MLflow's own resolution of credentials is reused, so what is probed is what the run will
+    use: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials),
+    else MLFLOW_TRACKING_TOKEN, plus MLFLOW_TRACKING_AUTH and the TLS settings. The password
+    never appears in a message.
+    """
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        response = http_request(
+            creds,
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            params={"max_results": 1},
+            max_retries=0,
+            timeout=SERVER_TIMEOUT_S,
+            raise_on_status=False,
+        )
+    except Exception as exc:
+        from deepmine.errors import first_line
+
+        reason = f"{type(exc).__name__}: {first_line(exc)[:300]}"
+        raise DeepmineError(
+            f"MLflow tracking server {_shown(uri)} did not answer an API request ({reason})",
+            "check that logger.tracking_uri names an MLflow tracking server and that it is healthy",
+        ) from exc
+    if response.status_code in (401, 403):
+        raise _refused(uri, response.status_code, creds)
+
+
+def _refused(uri: str, status: int, creds) -> DeepmineError:
+    """The one line for a server that refused the request's credentials (never the secret)."""
+    account = (
+        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server"
+    )
+    server = f"MLflow tracking server {_shown(uri)}"
+    basic = bool(creds.username and creds.password)
+    if status == 403:
+        who = f"user '{creds.username}'" if basic else "these credentials"
+        return DeepmineError(
+            f"{server} denies {who} access to its experiments (HTTP 403)",
+            "ask the server's admin for a permission on the experiments, or " + account,
+        )
+    if basic:
+        return DeepmineError(
+            f"{server} refused the credentials of user '{creds.username}' (HTTP 401)", account
+        )
+    if creds.token:
+        return DeepmineError(
+            f"{server} refused the token in MLFLOW_TRACKING_TOKEN (HTTP 401)",
+            "set MLFLOW_TRACKING_TOKEN to a valid token, or " + account,
+        )
+    if creds.username or creds.password:
+        missing = "MLFLOW_TRACKING_PASSWORD" if creds.username else "MLFLOW_TRACKING_USERNAME"
+        return DeepmineError(
+            f"{server} requires a login (HTTP 401) and {missing} is not set", account
+        )
+    return DeepmineError(f"{server} requires a login (HTTP 401)", account)
+
+
+def _shown(uri: str) -> str:
+    """`uri` as printed: a password written into it (http://user:pw@host) is masked."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def end_fluent_runs() -> None:
