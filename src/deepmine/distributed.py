@@ -18,17 +18,60 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from deepmine.errors import DeepmineError
 
 RANK_ENV = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DDPStrategy(LightningDDPStrategy):
+    """Lightning's DDPStrategy without the SIGTERM handler Lightning installs for each fit/test.
+
+    That handler broadcasts from inside the signal handler (Lightning 2.6, lightning#20825),
+    wherever the signal lands in rank 0, while the other ranks are in collectives of their own:
+    the broadcast pairs with the wrong one and rank 0 hangs (measured: still running 120 s after
+    SIGTERM, until the 5-minute collective timeout). With the handler that was there before
+    Lightning's back in place, SIGTERM reaches deepmine's handler at once on rank 0
+    (KeyboardInterrupt: the run is closed KILLED and the other ranks are killed) and ends the
+    other ranks (default action). Lightning restores that same handler when fit/test ends.
+    """
+
+    _sigterm = None
+
+    def setup(self, trainer) -> None:
+        # strategy setup runs just before Lightning registers its handlers
+        self._sigterm = signal.getsignal(signal.SIGTERM)
+        super().setup(trainer)
+
+    def _drop_lightning_sigterm(self) -> None:
+        if self._sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm)
+
+    def on_train_start(self) -> None:
+        self._drop_lightning_sigterm()
+        super().on_train_start()
+
+    def on_validation_start(self) -> None:
+        self._drop_lightning_sigterm()
+        super().on_validation_start()
+
+    def on_test_start(self) -> None:
+        self._drop_lightning_sigterm()
+        super().on_test_start()
+
+    def on_predict_start(self) -> None:
+        self._drop_lightning_sigterm()
+        super().on_predict_start()
 
 
 def is_ddp(cfg: DictConfig) -> bool:
@@ -72,7 +115,8 @@ def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
     for rank in range(1, world):
         log = (folder / f"rank{rank}.log").open("w")
         env = {**os.environ, **common, "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
-        command = [sys.executable, "-m", "deepmine.distributed", str(config_path)]
+        # the rank dies with this process however it ends (see `interrupts.die_with_parent`)
+        command = [sys.executable, "-m", "deepmine.distributed", str(config_path), str(os.getpid())]
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append((rank, process, log))
     saved = {k: os.environ.get(k) for k in RANK_ENV}
@@ -96,10 +140,15 @@ def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
 
 
 def _stop(started, terminate: bool) -> list[str]:
+    """Wait for the ranks to finish; with `terminate` (this rank failed or was stopped), kill
+    them at once. They record nothing and hold nothing worth a graceful exit (rank 0 owns the
+    run), and a rank under Lightning's own SIGTERM handler (a strategy other than the
+    `DDPStrategy` above) only takes note of SIGTERM: it used to hang until the 30 s wait below
+    ran out. Lightning SIGKILLs the ranks it launches itself the same way."""
     problems = []
     for rank, process, log in started:
         if terminate:
-            process.terminate()
+            process.kill()
         try:
             code = process.wait(timeout=30 if terminate else 300)
         except subprocess.TimeoutExpired:
@@ -138,4 +187,7 @@ def run_rank(config_path: str) -> None:
 
 
 if __name__ == "__main__":
+    from deepmine.interrupts import die_with_parent
+
+    die_with_parent(int(sys.argv[2]))
     run_rank(sys.argv[1])

@@ -4,18 +4,30 @@ Why: a KeyboardInterrupt raised inside an SQLite commit leaves that connection h
 database lock, so the very next write (closing the run as KILLED) fails with "database is
 locked" and the run stays RUNNING. Writes to the tracking store run inside `critical()`; a signal
 that arrives meanwhile is remembered and raised as soon as the write has finished.
+
+Stopping a command also stops the processes it started (see `die_with_parent` and
+`StopChildren`): none of them outlives it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+
+from hydra.experimental.callback import Callback
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _depth = 0
 _pending: int | None = None
+#: set by `StopChildren`: a block of `installed()` that ends by an exception stops this process's
+#: children (and their trees) before the exception goes on
+_stop_children = False
+#: seconds those children get after SIGTERM (to close their own runs KILLED) before SIGKILL
+CHILDREN_GRACE_S = 30.0
 
 
 def _handler(signum, frame) -> None:
@@ -49,6 +61,58 @@ def installed() -> Iterator[None]:
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     try:
         yield
+    except BaseException:
+        if _stop_children:
+            with critical():  # a second Ctrl-C does not cut the stop short
+                stop_children()
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def stop_children(grace_s: float = CHILDREN_GRACE_S) -> None:
+    """SIGTERM to this process's children, then SIGKILL to whatever is left of their whole trees
+    (grandchildren included) after `grace_s`."""
+    import psutil
+
+    me = psutil.Process()
+    tree = me.children(recursive=True)
+    for child in me.children():
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+class StopChildren(Callback):
+    """Hydra callback of launchers whose jobs are child processes of the sweep on this machine
+    (conf/launcher/submitit_local.yaml).
+
+    submitit's local executor starts each job's controller as a plain child ("expected to survive
+    the end of the python session", as a SLURM job would), so a sweep stopped by SIGTERM, or by a
+    Ctrl-C that reached it alone, left its jobs training until `timeout_min`. With this callback
+    the stopped sweep sends its children SIGTERM (the controller passes it on to its job, which
+    closes its run KILLED) and SIGKILLs whatever of their trees is left after `CHILDREN_GRACE_S`.
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        global _stop_children
+        _stop_children = True
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process as soon as `parent` (the thread of it that started
+    this process) ends, however it ends (SIGKILL included); exit at once if it has already.
+    Linux only (PR_SET_PDEATHSIG); elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os._exit(1)

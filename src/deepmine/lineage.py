@@ -83,19 +83,46 @@ def host() -> dict[str, str]:
 _pip_freeze: str | None = None
 
 
+#: `python -m pip`, in a process the kernel kills as soon as the one that started it ends
+#: (Linux: PR_SET_PDEATHSIG; it exits if that one has already ended). argv: parent pid, then
+#: pip's own.
+_PIP_DYING_WITH_PARENT = """\
+import os, runpy, signal, sys
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(1)
+sys.argv = sys.argv[2:]
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
+
+
 class PipFreeze:
     """`pip freeze --all`, started in the background when a run starts and read when it ends.
 
     It costs 1-2 s of CPU: at normal priority it took a core from training on a 2-core
     machine (first epochs measured ~7% slower, see BENCHMARKS.md), so it runs at the lowest
     priority (`nice 19`), and only once per process.
+
+    It dies with this process: `cancel()` stops it when the run ends early, and the kernel kills
+    it when this process ends before reaching that (SIGTERM's default action before the run
+    installed its handlers, an exception raised before `cancel()` is in place, SIGKILL).
     """
 
     def __init__(self):
         self._process = None
         if _pip_freeze is None:
             nice = shutil.which("nice")
-            command = [sys.executable, "-m", "pip", "freeze", "--all"]
+            command = [
+                sys.executable,
+                "-c",
+                _PIP_DYING_WITH_PARENT,
+                str(os.getpid()),
+                "pip",
+                "freeze",
+                "--all",
+            ]
             self._process = subprocess.Popen(
                 [nice, "-n", "19", *command] if nice else command,
                 stdout=subprocess.PIPE,
