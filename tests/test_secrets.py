@@ -109,6 +109,18 @@ def test_secret_overrides_are_masked_everywhere_in_the_store(sandbox, tmp_path):
     assert "db.password" in line and "api_token" in line and "masked" in line
 
 
+def test_a_password_inside_a_url_is_masked_under_any_key():
+    cfg = OmegaConf.create(
+        {"logger": {"tracking_uri": "http://alice:hunter2-pw@127.0.0.1:5000"}, "lr": 0.1}
+    )
+    masked = secrets.mask_config(cfg)
+    assert masked["logger"]["tracking_uri"] == "http://alice:***@127.0.0.1:5000"
+    assert "hunter2-pw" in secrets.secret_values(cfg)
+    assert secrets.mask_config({"uri": "sqlite:////abs/mlflow.db"}) == {
+        "uri": "sqlite:////abs/mlflow.db"
+    }
+
+
 def test_mask_config_keys_env_values_and_embedded_values(monkeypatch):
     monkeypatch.setenv("SERVICE_TOKEN", "from-env-123")
     cfg = OmegaConf.create(

@@ -28,6 +28,7 @@ from pathlib import Path
 from deepmine.claims import Claim, load
 from deepmine.errors import DeepmineError
 from deepmine.project import project_root
+from deepmine.secrets import mask_overrides
 
 REPORT_FILE = "REPRODUCTION.md"
 _RESULTS_MARK = "<!-- deepmine:results "
@@ -97,8 +98,9 @@ def reproduce(name: str, overrides: list[str] = (), launcher: str | None = None)
         *([f"launcher={launcher}"] if launcher else []),
         *overrides,
     ]
+    # recorded in the report and REPRODUCTION.md: a secret override is masked there
     command = "deepmine reproduce " + " ".join(
-        [name, *([f"--launcher {launcher}"] if launcher else []), *overrides]
+        [name, *([f"--launcher {launcher}"] if launcher else []), *mask_overrides(overrides)]
     )
     outcome = Outcome(claim, command, sweep_dir=str(sweep_dir), date=stamp[:10])
     started = time.perf_counter()
@@ -352,7 +354,7 @@ def reproduce_run(
         f"logger.tracking_uri={store.uri}",
         f"+tags.reproduces={run_id}",
     ]
-    print(f"re-running  deepmine {' '.join(command)}", flush=True)
+    print(f"re-running  deepmine {' '.join(mask_overrides(command))}", flush=True)
     env = None
     with contextlib.ExitStack() as stack:
         if checkout:

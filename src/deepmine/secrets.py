@@ -18,6 +18,7 @@ MASK = "***"
 _WORDS = ("password", "passwd", "token", "secret", "api_key", "apikey", "credential")
 _ENV = re.compile(r"\$\{oc\.env:\s*([^,}\s]+)")
 _ENV_ONLY = re.compile(r"^\$\{oc\.env:[^,}]+\}$")  # an env reference without a default
+_URL_PASSWORD = re.compile(r"[a-z][\w+.-]*://[^:/@\s]+:([^@/\s]+)@")
 _SHORTEST = 4  # literal values shorter than this are not hunted for inside other text
 
 
@@ -163,6 +164,9 @@ def _secret_values(data, env_paths: set, path: tuple = ()):
     elif isinstance(data, list):
         for i, value in enumerate(data):
             yield from _secret_values(value, env_paths, (*path, i))
+    elif isinstance(data, str):
+        # a password inside a URL (http://user:password@host, postgresql://...), whatever key
+        yield from (m.group(1) for m in _URL_PASSWORD.finditer(data))
 
 
 def _override_values(data) -> set[str]:
