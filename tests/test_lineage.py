@@ -39,3 +39,24 @@ def test_multirun_records_one_run_per_job(sandbox):
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert len(list(sandbox.logs.glob("train/multiruns/*/*/[01]/metrics.json"))) == 2
+
+
+def test_pip_freeze_is_computed_once_per_environment_and_commit(tmp_path, monkeypatch):
+    from deepmine import lineage
+
+    monkeypatch.setattr(lineage, "_pip_freeze", None)
+    first = lineage.start_pip_freeze(tmp_path, lineage.GitState("a" * 40, "main", False, "", ""))
+    assert first._process is not None, "a cold cache runs pip"
+    text = first.result()
+    assert "torch==" in text
+    (cached,) = tmp_path.glob("pip-freeze-*.txt")
+    assert cached.read_text() == text
+
+    monkeypatch.setattr(lineage, "_pip_freeze", None)  # a new process, same environment
+    again = lineage.start_pip_freeze(tmp_path, lineage.GitState("a" * 40, "main", False, "", ""))
+    assert again._process is None and again.result() == text
+
+    monkeypatch.setattr(lineage, "_pip_freeze", None)  # another commit: an editable install
+    other = lineage.start_pip_freeze(tmp_path, lineage.GitState("b" * 40, "main", False, "", ""))
+    assert other._process is not None  # is listed with its commit, so pip runs again
+    other.cancel()

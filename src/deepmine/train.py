@@ -162,8 +162,8 @@ def _recorded(
 
     output_dir = Path(cfg.paths.output_dir)
     secrets = secret_values(cfg, overrides)  # masked in a failure's error and traceback too
-    pip_freeze = start_pip_freeze()
     git = git_state(Path(cfg.paths.root_dir))
+    pip_freeze = start_pip_freeze(Path(cfg.paths.cache_dir), git)
     if resumed:  # the run keeps the tags of its start; the resume adds its own
         tags = {
             "deepmine.resumed.checkpoint": str(resumed.checkpoint),
