@@ -19,10 +19,19 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip().endswith("False")
 
 
-def test_unknown_command_is_one_line(tmp_path):
-    proc = run_cli("trian", cwd=tmp_path)
+def test_an_unknown_command_gets_the_nearest_one_or_the_help(tmp_path):
+    proc = run_cli("frobnicate", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown command 'trian'. Fix: run `deepmine --help`"
+    assert proc.stderr.strip() == (
+        "error: unknown command 'frobnicate'. Fix: run `deepmine --help` for the commands"
+    )
+    assert run_cli("--help", cwd=tmp_path).returncode == 0
+    near = run_cli("trian", "data=digits", cwd=tmp_path)
+    assert near.returncode == 2
+    assert near.stderr.strip() == (
+        "error: unknown command 'trian'. Fix: e.g. `deepmine train data=digits`, or see "
+        "`deepmine --help`"
+    )
 
 
 def test_hydra_cfg_job_prints_resolved_groups(tmp_path):

@@ -69,7 +69,14 @@ def test_ui_serves_the_recorded_run(sandbox):
         survivors = [" ".join(p.cmdline()[:4]) for p in alive if _running(p)]
         assert not survivors, f"outlived deepmine ui: {survivors}"
     finally:
-        for process in tree:  # never leave a server behind, even when the test fails
+        # never leave a server behind, even when the test failed before `tree` was read: a
+        # SIGTERM lets deepmine ui stop its own group, then whatever is left is killed
+        if server.poll() is None:
+            tree = tree or psutil.Process(server.pid).children(recursive=True)
+            server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=30)
+        for process in tree:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         server.kill()

@@ -111,6 +111,7 @@ def build_datamodule(cfg: DictConfig):
     check_pairing(cfg)
     datamodule = checked_instantiate(cfg.data)
     datamodule.setup()
+    check_batch_size(cfg, datamodule)
     missing = [key for key in SHAPE_KEYS if key in cfg.data and cfg.data[key] is None]
     if missing:
         shapes = datamodule.shapes()
@@ -118,6 +119,27 @@ def build_datamodule(cfg: DictConfig):
             for key in missing:
                 cfg.data[key] = shapes.get(key)
     return datamodule
+
+
+def check_batch_size(cfg: DictConfig, datamodule) -> None:
+    """A batch size given on the command line that exceeds the training split is a typo, not
+    a choice: every epoch would be one short batch. A config's default larger than a tiny
+    data set (32 on 23 images) is left alone: that is full-batch descent on purpose."""
+    from hydra.core.hydra_config import HydraConfig
+
+    train = getattr(datamodule, "tensors", {}).get("train")
+    size = cfg.data.get("batch_size")
+    if train is None or not isinstance(size, int) or size <= len(train[0]):
+        return
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if not any(o.split("=", 1)[0].lstrip("+~") == "data.batch_size" for o in given):
+        return
+    n = len(train[0])
+    raise DeepmineError(
+        f"data.batch_size={size} is larger than the {n} training samples, so every epoch "
+        "would be a single short batch",
+        f"use at most {n}, e.g. data.batch_size={2 ** (n.bit_length() - 1)}",
+    )
 
 
 def _pairing_hint(task_targets: str) -> str:

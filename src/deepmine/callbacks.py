@@ -58,10 +58,7 @@ class StopOnNonFiniteLoss(pl.Callback):
 
     def _check(self, where: str) -> None:
         if self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum)):
-            raise NonFiniteLoss(
-                f"training loss became NaN/inf {where}: the run diverged (lower optimizer.lr, "
-                "or add gradient clipping: trainer.gradient_clip_val=1.0)"
-            )
+            raise NonFiniteLoss(f"training loss became NaN/inf {where}: the run diverged")
 
 
 class RngStateInCheckpoint(pl.Callback):

@@ -71,9 +71,13 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Claim,
     """The claim of experiment `name` and the composed run config it belongs to."""
     names = available()
     if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         raise DeepmineError(
             f"unknown experiment '{name}' (available: {', '.join(names) or 'none'})",
-            "pick one of them, or add experiments/<name>.yaml",
+            (f"did you mean it? e.g. `deepmine reproduce {close[0]}`; or " if close else "")
+            + "pick one of them, or add experiments/<name>.yaml",
         )
     cfg = compose_train([f"experiment={name}", *overrides])
     from deepmine.trust import warn_targets

@@ -53,6 +53,7 @@ examples:
   deepmine eval run_id=<mlflow run id>
 """
 
+COMMANDS = ("train", "eval", "data", "reproduce", "ui", "runs")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
-        return _guarded(lambda: _hydra_task("train", rest))
+        return _guarded(lambda: _hydra_task("train", rest), rest)
     if command == "eval":
-        return _guarded(lambda: _hydra_task("eval", rest))
+        return _guarded(lambda: _hydra_task("eval", rest), rest)
     if command == "data":
         return _guarded(lambda: _data(rest))
     if command == "ui":
@@ -79,7 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         return _guarded(lambda: _reproduce(rest))
     if command == "runs":
         return _guarded(lambda: _runs(rest))
-    print(f"error: unknown command '{command}'. Fix: run `deepmine --help`", file=sys.stderr)
+    import difflib
+    import shlex
+
+    close = difflib.get_close_matches(command, COMMANDS, n=1, cutoff=0.5)
+    fix = (
+        f"e.g. `deepmine {shlex.join([close[0], *rest])}`, or see `deepmine --help`"
+        if close
+        else "run `deepmine --help` for the commands"
+    )
+    print(f"error: unknown command '{command}'. Fix: {fix}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
@@ -92,6 +102,9 @@ def _hydra_task(name: str, args: list[str]) -> int:
         from deepmine.train import main as entry
     else:
         from deepmine.evaluate import main as entry
+    # Hydra's argparse takes -m/--multirun only before the overrides; people type it anywhere
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    args = [*flags, *(a for a in args if a not in ("-m", "--multirun"))]
     saved = sys.argv
     sys.argv = [f"deepmine {name}", *args]
     try:
@@ -101,13 +114,25 @@ def _hydra_task(name: str, args: list[str]) -> int:
     return 0
 
 
-def _guarded(command: Callable[[], int]) -> int:
+def _path_fix(filename: str, overrides: list[str]) -> str:
+    """The fix for a path that cannot be used: drop the override that named it (its default
+    is a folder of the project), else point the path options at a writable place."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value and filename.startswith(value.rstrip("/")):
+            return f"drop {key.lstrip('+~')} to use its default, or point it at a writable folder"
+    return "point the path option that names it (paths.log_dir, data.path, ...) at a writable place"
+
+
+def _guarded(command: Callable[[], int], overrides: list[str] = ()) -> int:
     from deepmine.errors import DeepmineError
 
     try:
         return command()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        from deepmine.errors import INTERRUPTED
+
+        print(INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
     except DeepmineError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
@@ -119,9 +144,8 @@ def _guarded(command: Callable[[], int]) -> int:
         if line is None and isinstance(exc, OSError) and exc.filename:
             # a folder or file that cannot be made or written before any run exists (a run
             # that is open records its own failure), e.g. paths.log_dir on a read-only disk
-            line = (
-                f"cannot use {exc.filename}: {exc.strerror or exc}. Fix: point the path option "
-                "that names it (paths.log_dir, data.path, ...) at a writable place"
+            line = f"cannot use {exc.filename}: {exc.strerror or exc}. Fix: " + _path_fix(
+                str(exc.filename), overrides
             )
         if line is None:
             raise

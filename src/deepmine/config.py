@@ -13,7 +13,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.errors import DeepmineError, first_line
+from deepmine.errors import INTERRUPTED, DeepmineError, first_line
 from deepmine.project import project_root
 
 _CONFIG_GROUPS = (
@@ -85,10 +85,7 @@ def describe_error(exc: BaseException) -> str | None:
         cause = exc.__cause__
         key = getattr(cause, "full_key", None)
         if key and "not in struct" in str(cause):
-            return (
-                f"unknown config key '{key}'. Fix: check the spelling against "
-                f"`deepmine train --cfg job`, or add a new key on purpose with +{key}=..."
-            )
+            return f"unknown config key '{key}'. Fix: {_nearest_key(cause, key)}"
         return _first_lines(str(exc))
     if isinstance(exc, OverrideParseException):
         return f"cannot parse override: {_first_lines(str(exc))}. Fix: see `deepmine train --help`"
@@ -97,6 +94,37 @@ def describe_error(exc: BaseException) -> str | None:
         where = f" at '{key}'" if key else ""
         return f"invalid config{where}: {_first_lines(str(exc))}"
     return None
+
+
+def _nearest_key(cause, key: str) -> str:
+    """The fix for an unknown key: the closest existing key of the same node, with the value
+    the command line gave (`trainer.epochs=3` -> e.g. trainer.max_epochs=3)."""
+    import sys
+
+    parent, _, name = key.rpartition(".")
+    node = getattr(cause, "parent_node", None)
+    known = [str(k) for k in node] if node is not None and hasattr(node, "keys") else []
+    given = next(
+        (a.split("=", 1)[1] for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") == key),
+        "...",
+    )
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    # among equally close keys the one the config sets is meant, and an unqualified count
+    # (epochs, steps) means the limit: trainer.epochs -> max_epochs, not min_epochs
+    close.sort(
+        key=lambda k: (
+            -difflib.SequenceMatcher(None, name, k).ratio(),
+            node.get(k) is None,
+            not k.startswith("max_"),
+        )
+    )
+    if not close:
+        close = [k for k in known if name in k or k in name][:1]
+    new_key = f"add a new key on purpose with +{key}={given}"
+    if close:
+        nearest = f"{parent}.{close[0]}" if parent else close[0]
+        return f"did you mean {nearest}? drop {key} and pass e.g. {nearest}={given} (or {new_key})"
+    return f"check the spelling against `deepmine train --cfg job`, or {new_key}"
 
 
 def _first_lines(text: str) -> str:
@@ -242,19 +270,28 @@ def report_errors(task):
         try:
             return task(cfg)
         except DeepmineError as exc:
-            print(f"error: {prefix}{exc.one_line()}", file=sys.stderr, flush=True)
+            from deepmine.secrets import mask_values, secret_values
+
+            # the line may quote an override (a secret pasted into the wrong option)
+            overrides = list(HydraConfig.get().overrides.task)
+            try:
+                secrets = secret_values(cfg, overrides)
+            except Exception:  # a config that cannot resolve (what the error may be about)
+                secrets = secret_values(None, overrides)
+            line = mask_values(exc.one_line(), secrets)
+            print(f"error: {prefix}{line}", file=sys.stderr, flush=True)
             if multirun:
                 raise
             raise SystemExit(getattr(exc, "exit_code", 2)) from None
         except SystemExit as exc:
             if isinstance(exc.__context__, KeyboardInterrupt):
-                print("interrupted", file=sys.stderr, flush=True)
+                print(INTERRUPTED, file=sys.stderr, flush=True)
                 if multirun:
                     raise KeyboardInterrupt from None
                 raise SystemExit(130) from None
             raise
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr, flush=True)
+            print(INTERRUPTED, file=sys.stderr, flush=True)
             if multirun:
                 raise
             raise SystemExit(130) from None

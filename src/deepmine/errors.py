@@ -2,7 +2,17 @@
 
 The CLI prints a `DeepmineError` as a single line, `error: <problem>. Fix: <what to do>`, and
 exits non-zero, so bad input never ends in a traceback that hides the one sentence that matters.
+
+A fix is written so that it can be followed literally (tests/test_bad_input.py follows every
+one): the corrected command in backticks or the corrected override after "e.g.", "drop <key>"
+for an override to remove, or a repair command in backticks after which the same command works.
 """
+
+#: what an interrupted command prints (Ctrl-C or SIGTERM), wherever it is caught
+INTERRUPTED = (
+    "error: interrupted (Ctrl-C or SIGTERM); a run that was open is closed KILLED with what it "
+    "logged, and resume=<its run id> continues it. Fix: run the same command again"
+)
 
 
 class DeepmineError(Exception):

@@ -33,12 +33,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     hydra_cfg = HydraConfig.get()
     check_override_types(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
-    if bool(cfg.run_id) == bool(cfg.ckpt_path):
-        raise DeepmineError(
-            "deepmine eval needs exactly one of run_id and ckpt_path",
-            "pass run_id=<mlflow run id> or ckpt_path=<file.ckpt>",
-        )
     store = connect_store(cfg)
+    if bool(cfg.run_id) == bool(cfg.ckpt_path) or cfg.ckpt_path:
+        _check_source(cfg, store)
     model_cfg = cfg
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.run_id:
@@ -68,6 +65,30 @@ def evaluate(cfg: DictConfig) -> dict:
     if run_id:
         print(f"MLflow run    {run_id} (experiment '{cfg.experiment_name}')")
     return metrics
+
+
+def _check_source(cfg: DictConfig, store) -> None:
+    """One source, and a ckpt_path that is a checkpoint; the fix names a real run to evaluate
+    (its recorded config fits its checkpoint, which a bare ckpt_path needs overrides for)."""
+    from deepmine.checkpoints import GENERIC_FIX, check_is_checkpoint
+    from deepmine.tracking.fetch import latest_run_id
+
+    latest = latest_run_id(store) if store is not None else None
+    example = (
+        f"evaluate a recorded run, e.g. run_id={latest} (the latest finished)" if latest else None
+    )
+    if cfg.run_id and cfg.ckpt_path:
+        raise DeepmineError(
+            "deepmine eval got both run_id and ckpt_path",
+            "drop ckpt_path to evaluate the run (its checkpoint comes with it)",
+        )
+    if not cfg.ckpt_path:
+        raise DeepmineError(
+            "deepmine eval needs a run_id or a ckpt_path",
+            example or "pass run_id=<run id> or ckpt_path=<file>",
+        )
+    fix = f"point ckpt_path at a checkpoint of deepmine train, or drop ckpt_path and {example}"
+    check_is_checkpoint(Path(cfg.ckpt_path), fix if example else GENERIC_FIX)
 
 
 def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dict, str | None]:

@@ -324,7 +324,7 @@ def reproduce_run(
 
     root = project_root()
     store = connect(tracking_uri or default_tracking_uri())
-    run = get_run(store, run_id)
+    run = get_run(store, run_id, example=lambda i: f"`deepmine reproduce run {i}`")
     names = {a.path for a in store.client.list_artifacts(run_id, "config")}
     if "config/config.yaml" not in names:
         raise DeepmineError(
@@ -377,7 +377,7 @@ def reproduce_run(
 
 
 def _check_origin(tags: dict, root: Path, checkout: bool) -> RunCheck:
-    from deepmine.data.version import DVC_FILE, check, read_pin
+    from deepmine.data.version import DVC_FILE, check, pull_command, read_pin
     from deepmine.lineage import git_state, package_versions
 
     result = RunCheck()
@@ -396,13 +396,13 @@ def _check_origin(tags: dict, root: Path, checkout: bool) -> RunCheck:
         if recorded != pinned:
             raise DeepmineError(
                 f"the run trained on data version {recorded}; data.dvc pins {pinned}",
-                f"restore that version with DVC: `git checkout {commit} -- data.dvc && "
-                "deepmine data pull --force`, then re-run",
+                f"restore that version: `git -C {root} checkout {commit} -- data.dvc`, then "
+                f"`{pull_command(root, force=True)}`, then re-run",
             )
         state = check(root)
         if not state.matches:
             raise DeepmineError(
-                "data/ does not match data.dvc", "run `deepmine data pull --force` first"
+                "data/ does not match data.dvc", f"run `{pull_command(root, force=True)}` first"
             )
     now = package_versions()
     for name, version in sorted(now.items()):

@@ -112,9 +112,9 @@ def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
     here), writing into its own output folder, and where to continue from."""
     if resume is True:
         raise DeepmineError(
-            "resume=true continues an Optuna search, which needs -m",
-            "run `deepmine train -m hparams_search=<name> resume=true`, or pass resume=<run id> "
-            "to continue a single run",
+            "resume=true continues an Optuna search, which needs -m (deepmine train -m "
+            "hparams_search=<name> resume=true)",
+            "drop resume to start a new run, or pass resume=<run id> to continue one",
         )
     import tempfile
 
@@ -125,10 +125,11 @@ def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
     if store is None:
         raise DeepmineError("resume=<run id> needs the MLflow logger", "drop logger=none")
     run_id = str(resume)
-    run = get_run(store, run_id)
+    run = get_run(store, run_id, example=lambda i: f"resume={i}", example_status="KILLED")
     if run.info.status == "FINISHED":
         raise DeepmineError(
-            f"run {run_id} already FINISHED: nothing to resume", "start a new run instead"
+            f"run {run_id} already FINISHED: nothing to resume",
+            f"drop resume to start a new run, or replay it: `deepmine reproduce run {run_id}`",
         )
     output_dir = Path(run.data.tags.get("deepmine.output_dir", ""))
     checkpoint = output_dir / "checkpoints" / "last.ckpt"
@@ -213,8 +214,10 @@ def _recorded(
         if run is None:
             raise
         raise RunFailed(
-            f"run {run.run_id} FAILED: {type(exc).__name__}: {first_line(exc)}",
-            "see the traceback in the run's artifact error/traceback.txt",
+            mask_values(
+                f"run {run.run_id} FAILED: {type(exc).__name__}: {first_line(exc)}", secrets
+            ),
+            _failure_fix(exc, cfg),
         ) from exc
     finally:
         pip_freeze.cancel()  # when the run ended before its environment was recorded
@@ -225,9 +228,32 @@ def _recorded(
     return result["objective"]
 
 
+def _failure_fix(exc: BaseException, cfg: DictConfig) -> str:
+    """What to do about a run that failed while training: the known causes get their own fix,
+    anything else points at the recorded traceback."""
+    import errno
+
+    from deepmine.callbacks import NonFiniteLoss
+
+    if isinstance(exc, NonFiniteLoss):
+        lr = float(cfg.optimizer.get("lr") or 1e-3)
+        lower = 1e-3 if lr > 1e-3 else lr / 10
+        return (
+            f"lower the learning rate, e.g. optimizer.lr={lower:g}, or clip gradients with "
+            "trainer.gradient_clip_val=1.0"
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = exc.filename or "the run's output and artifact folders"
+        return (
+            f"free space on the disk that holds {where}, then run the same command again "
+            "(what the run logged before is kept)"
+        )
+    return "see the traceback in the run's artifact error/traceback.txt"
+
+
 def verify_data(cfg: DictConfig) -> dict[str, str]:
     """Check DVC-tracked data against data.dvc; return the data tags for the run."""
-    from deepmine.data.version import DVC_FILE, check, read_pin
+    from deepmine.data.version import DVC_FILE, check, pull_command, read_pin
 
     root = Path(cfg.paths.root_dir)
     data_cls = hydra.utils.get_class(cfg.data._target_)  # the first import of torch/lightning
@@ -248,14 +274,14 @@ def verify_data(cfg: DictConfig) -> dict[str, str]:
         return tags
     state = check(root)
     if not state.present:
-        raise DeepmineError(f"{root / 'data'} is missing", "run `deepmine data pull`")
+        raise DeepmineError(f"{root / 'data'} is missing", f"run `{pull_command(root)}`")
     tags["deepmine.data.matches"] = str(state.matches).lower()
     if not state.matches:
         changed = ", ".join(state.changed)
         if not cfg.get("allow_data_mismatch"):
             raise DeepmineError(
                 f"data/ does not match data.dvc: {changed}",
-                "run `deepmine data pull --force` to restore the pinned version, or pass "
+                f"run `{pull_command(root, force=True)}` to restore the pinned version, or pass "
                 "allow_data_mismatch=true to train on it anyway (the run is tagged)",
             )
         tags["deepmine.data.changed"] = changed

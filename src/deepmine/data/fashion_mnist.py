@@ -9,6 +9,7 @@ import numpy as np
 from deepmine.data.cache import cache_key, cached_arrays
 from deepmine.data.idx import read_idx
 from deepmine.data.in_memory import InMemoryDataModule
+from deepmine.data.version import restore_command
 from deepmine.errors import DeepmineError
 
 FILES = {
@@ -43,11 +44,13 @@ class FashionMNISTDataModule(InMemoryDataModule):
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not self.data_dir.is_dir():
-            raise DeepmineError(f"{self.data_dir} does not exist", "run `deepmine data pull`")
+            raise DeepmineError(
+                f"{self.data_dir} does not exist", f"run `{restore_command(self.data_dir)}`"
+            )
         sources = [self.data_dir / file for file in FILES.values()]
         for source in sources:
             if not source.is_file():
-                raise DeepmineError(f"{source} is missing", "run `deepmine data pull`")
+                raise DeepmineError(f"{source} is missing", f"run `{restore_command(source)}`")
         arrays = cached_arrays(
             self.cache_dir,
             f"fashion_mnist-{cache_key(sources)}",
@@ -58,6 +61,6 @@ class FashionMNISTDataModule(InMemoryDataModule):
             if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
                 raise DeepmineError(
                     f"Fashion-MNIST {split} images and labels differ in count",
-                    "run `deepmine data pull` to restore data/",
+                    f"run `{restore_command(self.data_dir)}` to restore data/",
                 )
         return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]

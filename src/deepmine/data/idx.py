@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmine.data.version import restore_command
 from deepmine.errors import DeepmineError
 
 # IDX type codes (third byte of the magic number) -> numpy dtype, big-endian as stored.
@@ -28,19 +29,20 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file into a numpy array of its stored shape and type."""
     path = Path(path)
     if not path.is_file():
-        raise DeepmineError(f"{path} is missing", "run `deepmine data pull`")
+        raise DeepmineError(f"{path} is missing", f"run `{restore_command(path)}`")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise DeepmineError(
-                f"{path} is not a valid gzip file ({exc})", "run `deepmine data pull` to restore it"
+                f"{path} is not a valid gzip file ({exc})",
+                f"run `{restore_command(path)}` to restore it",
             ) from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DeepmineError(
             f"{path} is not an IDX file (bad magic number)",
-            "run `deepmine data pull` to restore it",
+            f"run `{restore_command(path)}` to restore it",
         )
     dtype, ndim = _DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
@@ -49,7 +51,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) != expected:
         raise DeepmineError(
             f"{path} holds {len(raw)} bytes but its header {shape} needs {expected}",
-            "run `deepmine data pull` to restore it",
+            f"run `{restore_command(path)}` to restore it",
         )
     return (
         np.frombuffer(raw, dtype=dtype, offset=header)

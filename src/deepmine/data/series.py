@@ -35,7 +35,7 @@ from deepmine.data.csv_table import resolve
 from deepmine.data.series_export import SERIES, TIME_COLUMN
 from deepmine.data.tables import file_md5, numeric_column, read_table, require_columns
 from deepmine.data.tensors import TensorDataModule, fit_scaler, split_count
-from deepmine.data.version import DATA_DIR
+from deepmine.data.version import DATA_DIR, restore_command
 from deepmine.errors import DeepmineError
 from deepmine.project import project_root
 
@@ -122,7 +122,7 @@ class SeriesDataModule(TensorDataModule):
                 "pick one of them, or use data=series_csv for a CSV of your own",
             )
         if not self.path.is_file():
-            raise DeepmineError(f"{self.path} is missing", "run `deepmine data pull`")
+            raise DeepmineError(f"{self.path} is missing", f"run `{restore_command(self.path)}`")
 
     def _read(self) -> pd.DataFrame:
         self._check_source()

@@ -61,18 +61,39 @@ class DataState:
         )
 
 
+def pull_command(root: Path, force: bool = False) -> str:
+    """The `deepmine data pull` that restores `root`'s data/ (naming the root when it is not
+    the project deepmine runs in by default), for the fixes that messages print."""
+    from deepmine.project import project_root
+
+    words = ["deepmine data pull"]
+    if Path(root).resolve() != project_root():
+        words.append(f"--root {root}")
+    if force:
+        words.append("--force")
+    return " ".join(words)
+
+
+def restore_command(path: Path) -> str:
+    """The pull that restores one damaged or missing file of data/ (a local change, so
+    `--force`), for the project that holds `path`."""
+    path = Path(path).resolve()
+    root = next((p for p in path.parents if (p / DVC_FILE).is_file()), path.parent)
+    return pull_command(root, force=True)
+
+
 def read_pin(root: Path) -> DataPin:
     """Parse `data.dvc` (plain YAML: no DVC import needed for this)."""
     path = root / DVC_FILE
+    restore = f"restore it from git: `git -C {root} checkout -- {DVC_FILE}`"
     if not path.is_file():
-        raise DeepmineError(f"{path} is missing", "restore it from git: `git checkout data.dvc`")
+        raise DeepmineError(f"{path} is missing", restore)
     try:
         out = yaml.safe_load(path.read_text())["outs"][0]
-        return DataPin(md5=out["md5"], size=out.get("size"), nfiles=out.get("nfiles"))
+        return DataPin(md5=str(out["md5"]), size=out.get("size"), nfiles=out.get("nfiles"))
     except (yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
-        raise DeepmineError(
-            f"{path} is not a valid DVC file ({exc})", "restore it: `git checkout data.dvc`"
-        ) from exc
+        reason = " ".join(str(exc).split())[:200]
+        raise DeepmineError(f"{path} is not a DVC pin of data/ ({reason})", restore) from exc
 
 
 def _repo(root: Path):
@@ -159,7 +180,7 @@ def add_folder(root: Path, source: Path, name: str | None = None, force: bool = 
     if not state.matches:
         raise DeepmineError(
             f"cannot add to data/: {state.describe()}",
-            "run `deepmine data pull` (or `--force`) first, so the new pin holds only your folder",
+            f"run `{pull_command(root, force=True)}` first, so the new pin holds only your folder",
         )
     if target.exists() and not force:
         raise DeepmineError(

@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from deepmine.errors import DeepmineError
 from deepmine.tracking.store import Store
 
 
-def get_run(store: Store, run_id: str):
-    """The MLflow run `run_id`, refused in one line when unknown or deleted."""
+def get_run(
+    store: Store,
+    run_id: str,
+    example: Callable[[str], str] | None = None,
+    example_status: str = "FINISHED",
+):
+    """The MLflow run `run_id`, refused in one line when unknown or deleted; the fix shows
+    `example(<the latest run with example_status>)`, the command or override with a real id."""
     from mlflow.exceptions import MlflowException
 
     try:
         run = store.client.get_run(run_id)
     except MlflowException as exc:
+        latest = latest_run_id(store, example_status)
+        shown = (example or (lambda i: f"run_id={i}"))(latest) if latest else None
         raise DeepmineError(
-            f"no MLflow run '{run_id}' in {store.uri}", "check the id (see `deepmine ui`)"
+            f"no MLflow run '{run_id}' in {store.uri}",
+            "pick one from `deepmine runs`" + (f", e.g. {shown}" if shown else ""),
         ) from exc
     if run.info.lifecycle_stage == "deleted":
         raise DeepmineError(f"MLflow run '{run_id}' is deleted", "restore it or pick another run")
     return run
+
+
+def latest_run_id(store: Store, status: str = "FINISHED") -> str | None:
+    """The id of the most recent run with `status` in any experiment of the store, if any."""
+    experiments = [e.experiment_id for e in store.client.search_experiments()]
+    if not experiments:
+        return None
+    found = store.client.search_runs(
+        experiments,
+        filter_string=f"attributes.status = '{status}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return found[0].info.run_id if found else None
 
 
 def recorded_overrides(

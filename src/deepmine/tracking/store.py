@@ -12,6 +12,8 @@ process migrates and the others open a ready store.
 
 from __future__ import annotations
 
+import logging
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ SERVER_TIMEOUT_S = 5.0
 # Creating a fresh store takes about a second; a lock held far longer than that belongs to a
 # process that hangs.
 STORE_LOCK_TIMEOUT_S = 300.0
+# schemes of the stores MLflow can log to besides an SQLite file: a tracking server, or a
+# database it opens itself (SQLAlchemy URIs, dialect+driver allowed: postgresql+psycopg2)
+SERVER_SCHEMES = {"http", "https", "postgresql", "mysql", "mssql", "databricks"}
 # MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds trained
 # models; with it, runs appear under "Model training" with their params, metrics and charts.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -65,7 +70,7 @@ def connect(tracking_uri: str, artifact_location: str | None = None) -> Store:
         if not db.is_absolute():
             raise DeepmineError(
                 f"logger.tracking_uri={tracking_uri} is relative to the current directory",
-                "use an absolute path: sqlite:////abs/path/mlflow.db",
+                f"use an absolute path, e.g. logger.tracking_uri=sqlite:///{db.resolve()}",
             )
         db.parent.mkdir(parents=True, exist_ok=True)
         if artifact_location is None:
@@ -73,7 +78,14 @@ def connect(tracking_uri: str, artifact_location: str | None = None) -> Store:
     elif tracking_uri.startswith("file:") or "://" not in tracking_uri:
         raise DeepmineError(
             f"logger.tracking_uri={tracking_uri} is a file store, which MLflow 3 no longer accepts",
-            "use sqlite:////abs/path/mlflow.db or an http:// tracking server",
+            f"use an SQLite file or an http:// tracking server, e.g. {_default_uri_override()}",
+        )
+    elif tracking_uri.split("://", 1)[0].split("+", 1)[0] not in SERVER_SCHEMES:
+        raise DeepmineError(
+            f"logger.tracking_uri={tracking_uri} has an unknown scheme "
+            f"'{tracking_uri.split('://', 1)[0]}' (MLflow takes sqlite, http(s) and "
+            f"{', '.join(sorted(SERVER_SCHEMES - {'http', 'https'}))})",
+            f"use an SQLite file or a tracking server, e.g. {_default_uri_override()}",
         )
     if artifact_location and "://" not in artifact_location:
         artifact_location = Path(artifact_location).resolve().as_uri()
@@ -85,6 +97,13 @@ def connect(tracking_uri: str, artifact_location: str | None = None) -> Store:
         except Exception as exc:
             raise _store_error(tracking_uri, exc) from exc
     return Store(tracking_uri, _InterruptSafeClient(client), artifact_location)
+
+
+def _default_uri_override() -> str:
+    """The override that puts runs in the project's own SQLite store."""
+    from deepmine.project import project_root
+
+    return f"logger.tracking_uri=sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def _open_sqlite(tracking_uri: str, db: Path):
@@ -102,8 +121,10 @@ def _open_sqlite(tracking_uri: str, db: Path):
     lock = FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
     try:
         with lock:
-            # MlflowClient builds (and caches, per URI) the SQLAlchemy store, which creates the
-            # tables of a new database; a first query proves the schema is usable.
+            if not db.exists():
+                _create_sqlite(db)
+            # MlflowClient builds (and caches, per URI) the SQLAlchemy store; a first query
+            # proves the schema is usable.
             client = MlflowClient(tracking_uri=tracking_uri)
             client.search_experiments(max_results=1)
     except Timeout as exc:
@@ -115,6 +136,39 @@ def _open_sqlite(tracking_uri: str, db: Path):
     except Exception as exc:
         raise _store_error(tracking_uri, exc) from exc
     return client
+
+
+def _create_sqlite(db: Path) -> None:
+    """Build a new store's schema in a scratch file beside `db` and rename it into place.
+
+    Why: MLflow creates a store by running some fifty migrations one after another; a Ctrl-C,
+    SIGKILL or power cut among them would leave a half-migrated database that every later
+    command refuses ("out-of-date database schema"). Renaming is atomic, so `db` is either
+    absent or complete. Runs under the store lock, so scratch files left by a killed process
+    are stale and removed.
+    """
+    from mlflow import MlflowClient
+
+    for stale in db.parent.glob(f".{db.name}.creating-*"):
+        stale.unlink(missing_ok=True)
+    scratch = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    # MLflow announces each step of the creation at INFO on stderr; a refusal printed after
+    # it must still be the only line there
+    quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in quiet]
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.WARNING)
+        client = MlflowClient(tracking_uri=f"sqlite:///{scratch}")
+        client.search_experiments(max_results=1)
+        engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
+        if engine is not None:  # release the file before it is renamed (private attribute)
+            engine.dispose()
+        os.replace(scratch, db)
+    finally:
+        scratch.unlink(missing_ok=True)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _store_error(tracking_uri: str, exc: Exception) -> DeepmineError:
