@@ -15,7 +15,7 @@ run: setup
 	$(BIN)/deepmine train $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,4 +1,5 @@
-"""Logging to a shared `mlflow server` with authentication on (MLflow's basic-auth app).
+"""`logger.tracking_uri` pointing at a real, shared `mlflow server` with authentication on
+(MLflow's basic-auth app): the run, its metrics and its artifacts land on the server.
 
 One real server for the module, its users kept in a database under the test's temporary folder
 (MLFLOW_AUTH_CONFIG_PATH), stopped as a whole process group afterwards. Credentials reach
@@ -183,6 +184,11 @@ def test_run_logged_with_credentials_from_the_environment(auth_server, admin_cli
     assert run.info.status == "FINISHED"
     assert "test/acc" in run.data.metrics
     assert run.data.params["data._target_"] == "deepmine.data.digits.DigitsDataModule"
+    top = {a.path for a in admin_client.list_artifacts(run.info.run_id)}
+    assert {"config", "checkpoints", "plots", "metrics.json"} <= top
+    # the server stored the artifacts in its own destination, not in the client's folders
+    assert list((auth_server.path / "server-artifacts").rglob("confusion_matrix.png"))
+    assert not (tmp_path / "mlartifacts").exists()
     recorded = json.dumps([run.data.params, run.data.tags])
     assert auth_server.user_password not in recorded
     assert auth_server.user_password not in proc.stdout + proc.stderr
