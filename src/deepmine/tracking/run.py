@@ -178,17 +178,27 @@ def recorded_run(
     set back to RUNNING, its tags updated, and closed the same way. `secret_values` (see
     `deepmine.secrets.secret_values`) are masked in the error and traceback of a failure.
     """
+    from deepmine.interrupts import critical
+
     experiment_id = store.experiment_id(experiment_name)
-    if reopen_run_id:
-        run_id = _reopen(store, reopen_run_id, experiment_id, tags)
-    else:
-        run_id = store.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    run = RecordedRun(store, run_id, experiment_name, experiment_id, secret_values)
-    heartbeat = Heartbeat(store, run_id, heartbeat_every_s)
+    run = heartbeat = None
     try:
-        heartbeat.start()
+        # A Ctrl-C/SIGTERM during the opening is held until the run exists and then raised
+        # here, inside the `try`, so the run is closed KILLED; raised as soon as the store
+        # call returned (as `critical` alone does) it would leave the new run RUNNING.
+        with critical():
+            if reopen_run_id:
+                run_id = _reopen(store, reopen_run_id, experiment_id, tags)
+            else:
+                created = store.client.create_run(experiment_id, run_name=run_name, tags=tags)
+                run_id = created.info.run_id
+            run = RecordedRun(store, run_id, experiment_name, experiment_id, secret_values)
+            heartbeat = Heartbeat(store, run_id, heartbeat_every_s)
+            heartbeat.start()
         yield run
     except BaseException as exc:
+        if run is None:
+            raise
         heartbeat.stop()
         killed = isinstance(exc, KeyboardInterrupt) or isinstance(
             exc.__context__, KeyboardInterrupt
