@@ -13,7 +13,7 @@ import urllib.request
 
 import psutil
 
-from conftest import deepmine_env
+from conftest import deepmine_env, run_cli
 
 
 def free_port() -> int:
@@ -88,3 +88,21 @@ def _running(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_ui_workers_are_sized_to_the_machine():
+    from deepmine.tracking.ui import default_workers, ui_command
+
+    assert [default_workers(c) for c in (1, 2, 3, 4, 8, 64)] == [1, 1, 1, 2, 4, 4]
+    command = ui_command("sqlite:////tmp/x.db")
+    assert command[command.index("--workers") + 1] == str(default_workers())
+    command = ui_command("sqlite:////tmp/x.db", workers=3)
+    assert command[command.index("--workers") + 1] == "3"
+
+
+def test_ui_refuses_a_worker_count_below_one(tmp_path):
+    proc = run_cli("ui", "--workers", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: --workers 0 is not valid. Fix: e.g. `deepmine ui --workers 1`"
+    )

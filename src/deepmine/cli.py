@@ -35,7 +35,9 @@ commands:
   reproduce run <run id> [--checkout] [--tracking-uri URI]
                       re-execute a recorded run (its overrides, seed, data version; its
                       git commit with --checkout) and diff every final metric
-  ui [--port N]       serve the MLflow UI on the project's tracking store
+  ui [--port N] [--workers N]
+                      serve the MLflow UI on the project's tracking store (one uvicorn
+                      worker per two cores by default)
   runs [--tracking-uri URI] [--experiment NAME]
                       list runs; a RUNNING one is alive, dead (its process is gone) or
                       stale (another host, no heartbeat for --stale-after seconds)
@@ -271,10 +273,18 @@ def _ui(args: list[str]) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--tracking-uri", help="default: logger.tracking_uri of conf/train.yaml")
+    parser.add_argument(
+        "--workers", type=int, help="uvicorn workers (default: one per two cores, at most 4)"
+    )
     ns = parser.parse_args(args)
+    from deepmine.errors import DeepmineError
     from deepmine.tracking.ui import serve
 
-    return serve(ns.tracking_uri, host=ns.host, port=ns.port)
+    if ns.workers is not None and ns.workers < 1:
+        raise DeepmineError(
+            f"--workers {ns.workers} is not valid", "e.g. `deepmine ui --workers 1`"
+        )
+    return serve(ns.tracking_uri, host=ns.host, port=ns.port, workers=ns.workers)
 
 
 def _runs(args: list[str]) -> int:

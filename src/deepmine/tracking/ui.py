@@ -26,7 +26,19 @@ def default_tracking_uri() -> str:
     return str(compose_train([]).logger.tracking_uri)
 
 
-def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+def default_workers(cpus: int | None = None) -> int:
+    """uvicorn workers for the UI: one per two cores, at most MLflow's own default of 4.
+
+    Why: `mlflow ui` starts 4 workers whatever the machine; on 2 cores that is four Python
+    servers (about 3 GB with their job runner) for one person browsing runs, competing with
+    the training it is meant to watch. One worker answers a single user's pages at once."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(4, cpus // 2))
+
+
+def ui_command(
+    tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int | None = None
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -38,6 +50,8 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
         host,
         "--port",
         str(port),
+        "--workers",
+        str(workers or default_workers()),
     ]
 
 
@@ -45,7 +59,12 @@ class _Stopped(Exception):
     """A stop signal reached `deepmine ui`."""
 
 
-def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
+def serve(
+    tracking_uri: str | None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int | None = None,
+) -> int:
     uri = tracking_uri or default_tracking_uri()
     reach = (
         "only this machine can reach it; --host 0.0.0.0 serves the network"
@@ -53,7 +72,7 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -
         else f"bound to {host}: anyone who can reach this address can read and change the runs"
     )
     print(f"MLflow UI on {uri}: open http://{host}:{port} ({reach}; Ctrl-C stops it)", flush=True)
-    child = subprocess.Popen(ui_command(uri, host, port), start_new_session=True)
+    child = subprocess.Popen(ui_command(uri, host, port, workers), start_new_session=True)
 
     def stop(signum, frame):
         raise _Stopped
