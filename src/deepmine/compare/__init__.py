@@ -1,0 +1,1 @@
+"""Comparison of configurations over seeds: grouping, statistics, tables and figures."""
