@@ -53,3 +53,43 @@ def test_python_dash_m_train_module_works(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "DigitsDataModule" in proc.stdout
+
+
+def test_every_command_names_its_store_the_same_ways_with_one_precedence():
+    """--tracking-uri > logger.tracking_uri= > MLFLOW_TRACKING_URI > the project's store: Hydra
+    commands get the override, the others the flag, and the flag wins over the override."""
+    from deepmine.cli import _one_store_option
+
+    uri, other = "sqlite:////s/a.db", "sqlite:////s/b.db"
+    assert _one_store_option("train", ["--tracking-uri", uri, "seed=1"]) == [
+        "seed=1",
+        f"logger.tracking_uri={uri}",
+    ]
+    assert _one_store_option("eval", [f"--tracking-uri={uri}", f"logger.tracking_uri={other}"]) == [
+        f"logger.tracking_uri={uri}"
+    ]
+    assert _one_store_option("reproduce", ["x", "--tracking-uri", uri]) == [
+        "x",
+        f"logger.tracking_uri={uri}",
+    ]
+    for command, args in (
+        ("reproduce", ["run", "abc", f"logger.tracking_uri={uri}"]),
+        ("ui", [f"+logger.tracking_uri={uri}"]),
+        ("runs", ["doctor", f"logger.tracking_uri={uri}"]),
+        ("compare", [f"logger.tracking_uri={uri}"]),
+    ):
+        assert _one_store_option(command, args)[-2:] == ["--tracking-uri", uri], command
+    assert _one_store_option("train", ["seed=1"]) == ["seed=1"]  # env/project default apply
+
+
+def test_train_takes_the_store_flag(tmp_path):
+    proc = run_cli(
+        "train", "--tracking-uri", "sqlite:////tmp/flag.db", "--cfg", "job", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tracking_uri: sqlite:////tmp/flag.db" in proc.stdout
+    missing = run_cli("runs", "--tracking-uri", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "error: --tracking-uri needs a value. Fix: e.g. --tracking-uri sqlite:///mlflow.db"
+    )

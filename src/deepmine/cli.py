@@ -45,6 +45,9 @@ commands:
                       find RUNNING runs whose process is gone (exit 1 if any); --fix
                       closes them KILLED, metrics and checkpoints kept (resume=<run id>)
 
+the store: every command takes --tracking-uri URI or logger.tracking_uri=URI (the flag wins),
+  else MLFLOW_TRACKING_URI, else the project's mlflow.db (conf/logger/mlflow.yaml, conf/local/)
+
 examples:
   deepmine train
   deepmine train net=cnn optimizer=adamw optimizer.lr=3e-3 trainer.max_epochs=10
@@ -70,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = argv[0], argv[1:]
+    from deepmine.errors import DeepmineError
+
+    try:
+        rest = _one_store_option(command, rest)
+    except DeepmineError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if command == "train":
         return _guarded(lambda: _hydra_task("train", rest), rest)
     if command == "eval":
@@ -93,6 +103,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"error: unknown command '{command}'. Fix: {fix}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+#: the Hydra override that names the MLflow store
+STORE_OVERRIDE = "logger.tracking_uri"
+
+
+def _one_store_option(command: str, args: list[str]) -> list[str]:
+    """Every command names its MLflow store the same three ways, with one precedence:
+    `--tracking-uri URI` > `logger.tracking_uri=URI` > MLFLOW_TRACKING_URI > the project's store
+    (conf/logger/mlflow.yaml, or conf/local/). Hydra commands (train, eval, and the runs that
+    `reproduce <claim>` starts) get the override form; the others get the flag."""
+    flag: str | None = None
+    override: str | None = None
+    kept: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg == "--tracking-uri":
+            flag = next(items, None)
+            if flag is None:
+                from deepmine.errors import DeepmineError
+
+                raise DeepmineError(
+                    "--tracking-uri needs a value", "e.g. --tracking-uri sqlite:///mlflow.db"
+                )
+        elif arg.startswith("--tracking-uri="):
+            flag = arg.partition("=")[2]
+        elif arg.lstrip("+").startswith(STORE_OVERRIDE + "="):
+            override = arg.partition("=")[2]
+        else:
+            kept.append(arg)
+    uri = flag if flag is not None else override
+    if uri is None:
+        return list(args)
+    hydra_form = command in ("train", "eval") or (
+        command == "reproduce" and (not kept or kept[0] != "run")
+    )
+    return [*kept, f"{STORE_OVERRIDE}={uri}"] if hydra_form else [*kept, "--tracking-uri", uri]
 
 
 def _hydra_task(name: str, args: list[str]) -> int:
