@@ -4,6 +4,7 @@ into a real MLflow store, judged against their published value, and reported."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from conftest import one_line_error, run_cli
@@ -29,6 +30,9 @@ def test_a_baseline_claim_is_measured_and_reported(sandbox, tmp_path):
     values = [c.data.metrics["test/acc"] for c in children]
     mean = sum(values) / 2
     assert parent.data.metrics["reproduced/test/acc/mean"] == mean
+    assert parent.data.metrics["reproduced/test/acc/std"] == statistics.stdev(values)
+    assert parent.info.run_name == "grid seed"
+    assert sorted(c.info.run_name for c in children) == ["seed=0", "seed=1"]
     assert parent.data.tags["deepmine.reproduce.verdict"].startswith("baseline measured")
     assert {
         a.path for a in sandbox.client().list_artifacts(parent.info.run_id, "reproduction")
@@ -116,14 +120,21 @@ def test_reproduce_run_reexecutes_a_recorded_run_identically(sandbox):
     done = sandbox.train("data=digits", "debug=fast", "seed=7")
     assert done.returncode == 0, done.stderr[-3000:]
     (original,) = sandbox.runs()
+    # the store named as deepmine train names it (--tracking-uri works the same)
     proc = run_cli(
-        "reproduce", "run", original.info.run_id, "--tracking-uri", sandbox.uri, cwd=sandbox.cwd
+        "reproduce",
+        "run",
+        original.info.run_id,
+        f"logger.tracking_uri={sandbox.uri}",
+        cwd=sandbox.cwd,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "all metrics identical: run" in proc.stdout
     again = next(r for r in sandbox.runs() if r.info.run_id != original.info.run_id)
     assert again.data.tags["reproduces"] == original.info.run_id
     assert again.data.params["seed"] == "7"
+    # the same name as its original, so it sits beside it in the UI's lists and groups
+    assert again.info.run_name == original.info.run_name
 
     def results(run) -> dict:  # the wall times (time/epoch_s) are measurements, not results
         return {k: v for k, v in run.data.metrics.items() if not k.startswith("time/")}
@@ -143,6 +154,7 @@ def test_reproduce_run_refuses_what_it_cannot_reproduce(sandbox):
 
     proc = attempt("0123456789abcdef0123456789abcdef")
     assert proc.returncode == 2 and "no MLflow run" in one_line_error(proc)
+    assert "pass --tracking-uri URI" in one_line_error(proc)  # how to look in another store
 
     bare = client.create_run(run.info.experiment_id).info.run_id
     client.set_terminated(bare)
@@ -186,3 +198,14 @@ def test_comparative_claim_files_load_and_a_bad_kind_is_named():
     assert cfg.task._target_.endswith("ForecastingTask")
     with pytest.raises(DeepmineError, match="kind='sideways'"):
         claims.load("co2_mlp_vs_airline_arima", ["claim.kind=sideways"])
+
+
+def test_a_run_name_is_replayed_exactly_as_a_hydra_override():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deepmine.reproduce import quoted
+
+    parser = OverridesParser.create()
+    for name in ["lr=0.01 seed=2", "it's", "a\\b", "ends\\", "q\\'z", "c ${x} d", "a,b", ""]:
+        parsed = parser.parse_override(f"logger.run_name={quoted(name)}").value()
+        assert parsed.replace("\\${", "${") == name, name

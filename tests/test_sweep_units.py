@@ -119,3 +119,150 @@ def test_summary_picks_the_best_finished_job_in_the_right_direction():
     assert Summary(rows, "val/loss", "minimize").best.job == 0
     assert [r.job for r in Summary(rows, "m", "maximize").failed] == [1]
     assert Summary(rows, "m", "maximize").counts() == {"FINISHED": 3, "FAILED": 1, "PRUNED": 1}
+
+
+# --- names that say what differs ---------------------------------------------------------------
+
+
+def test_swept_keys_are_cut_to_the_shortest_suffix_that_tells_them_apart():
+    from deepmine.sweeps.names import short_keys
+
+    assert short_keys(["optimizer.lr", "seed", "net"]) == {
+        "optimizer.lr": "lr",
+        "seed": "seed",
+        "net": "net",
+    }
+    assert short_keys(["optimizer.lr", "scheduler.lr", "data.batch_size"]) == {
+        "optimizer.lr": "optimizer.lr",
+        "scheduler.lr": "scheduler.lr",
+        "data.batch_size": "batch_size",
+    }
+    assert short_keys(["a.b.lr", "c.b.lr", "+trainer.gradient_clip_val"]) == {
+        "a.b.lr": "a.b.lr",
+        "c.b.lr": "c.b.lr",
+        "+trainer.gradient_clip_val": "gradient_clip_val",
+    }
+
+
+def test_children_and_parents_are_named_by_their_swept_values_and_space():
+    from deepmine.sweeps.job import SweepJob
+    from deepmine.sweeps.names import job_run_name, sweep_run_name
+    from deepmine.sweeps.record import SweepInfo
+
+    grid = SweepInfo("s", "grid", "unused", swept=["optimizer.lr", "seed"])
+    job = SweepJob(grid, 3, ["data=digits", "seed=2", "optimizer.lr=0.01"])
+    assert job.run_name() == "lr=0.01 seed=2"  # in the order the keys were swept
+    # a job that failed before opening its run is named the same by the sweeper
+    assert job_run_name("grid", grid.swept, 3, job.swept_values()) == "lr=0.01 seed=2"
+    assert sweep_run_name("grid", grid.swept) == "grid lr×seed"
+
+    search = SweepInfo("s", "optuna", "unused", swept=["optimizer.lr", "net.hidden_sizes"])
+    trial = SweepJob(search, 7, ["optimizer.lr=0.00123456789", "net.hidden_sizes=[256,128]"])
+    assert trial.run_name() == "trial 7 lr=0.00123 hidden_sizes=[256, 128]"
+    assert sweep_run_name("optuna", search.swept, 20) == "optuna lr×hidden_sizes (20 trials)"
+    secret = SweepInfo("s", "grid", "unused", swept=["logger.api_token"])
+    assert SweepJob(secret, 0, ["logger.api_token=abc"]).run_name() == "api_token=***"
+
+
+def test_the_parent_records_swept_keys_as_swept_not_at_their_base_value():
+    from deepmine.sweeps.record import honest_params
+
+    config = {
+        "seed": 42,
+        "optimizer": {"lr": 0.001, "weight_decay": 0.0},
+        "net": {"_target_": "deepmine.nets.mlp.MLP", "hidden_sizes": [128]},
+        "network": {"x": 1},
+    }
+    swept = {"optimizer.lr": "swept: 0.01,0.001", "net": "swept: mlp,cnn", "seed": "swept: 0,1"}
+    assert honest_params(config, swept) == {
+        "seed": "swept: 0,1",
+        "optimizer.lr": "swept: 0.01,0.001",
+        "optimizer.weight_decay": "0.0",
+        "net": "swept: mlp,cnn",  # the base choice's net.* params are gone with it
+        "network.x": "1",
+    }
+
+
+# --- configurations ranked over seeds ----------------------------------------------------------
+
+
+def _lr_by_seed(values: dict[float, list[float | None]]) -> list[JobRow]:
+    rows = []
+    for lr, scores in values.items():
+        for seed, score in enumerate(scores):
+            status = "FINISHED" if score is not None else "FAILED"
+            params = {"optimizer.lr": lr, "seed": seed}
+            rows.append(JobRow(len(rows), status, score, params, f"run{len(rows):029d}"))
+    return rows
+
+
+def test_configs_group_the_seeds_and_rank_by_mean_in_the_direction():
+    import statistics
+
+    from scipy import stats
+
+    rows = _lr_by_seed(
+        {0.1: [0.5, 0.7, 0.6], 0.01: [0.9, 0.92, 0.91], 0.001: [0.8, None, 0.82], 1.0: [None]}
+    )
+    summary = Summary(rows, "val/acc", "maximize")
+    configs = summary.configs
+    assert [c.label for c in configs] == ["lr=0.01", "lr=0.001", "lr=0.1", "lr=1.0"]
+    assert [c.rank for c in configs] == [1, 2, 3, None]
+    best, second, third, failed = configs
+    assert [r.job for r in best.rows] == [3, 4, 5] and best.stats.n == 3
+    assert best.stats.mean == statistics.fmean([0.9, 0.92, 0.91])
+    assert best.stats.std == statistics.stdev([0.9, 0.92, 0.91])
+    assert (second.stats.n, second.stats.min, second.stats.max) == (2, 0.8, 0.82)
+    assert best.versus_best is None and failed.stats.n == 0 and failed.versus_best is None
+    welch = stats.ttest_ind([0.5, 0.7, 0.6], [0.9, 0.92, 0.91], equal_var=False)
+    assert third.versus_best.p_value == pytest.approx(welch.pvalue)
+    assert third.versus_best.diff == pytest.approx(0.6 - 0.91)
+    assert third.versus_best.note == "" and second.versus_best.note == "n<3: low power"
+    assert summary.best_config is best and summary.best.job == 4  # the single best job
+
+    lowest = Summary(rows, "val/loss", "minimize").configs
+    assert [c.label for c in lowest] == ["lr=0.1", "lr=0.001", "lr=0.01", "lr=1.0"]
+
+
+def test_without_a_swept_seed_every_job_is_its_own_config():
+    rows = [
+        JobRow(0, "FINISHED", 0.5, {"optimizer.lr": 0.1}),
+        JobRow(1, "FINISHED", 0.7, {"optimizer.lr": 0.1}),  # a repeat is not a seed
+        JobRow(2, "FINISHED", 0.6, {"optimizer.lr": 0.01}),
+    ]
+    configs = Summary(rows, "m", "maximize").configs
+    assert [(c.label, c.stats.n) for c in configs] == [
+        ("lr=0.1 (job 1)", 1),
+        ("lr=0.01", 1),
+        ("lr=0.1 (job 0)", 1),
+    ]
+    assert configs[1].versus_best.p_value is None
+    assert "cannot say" in configs[1].versus_best.note
+    # a key ending in .seed is a seed axis too; only seeds swept: one config
+    seeds = [JobRow(i, "FINISHED", v, {"data.seed": i}) for i, v in enumerate([0.4, 0.6])]
+    (only,) = Summary(seeds, "m", "maximize").configs
+    assert (only.label, only.stats.n, only.stats.mean) == ("base config", 2, 0.5)
+
+
+def test_trials_md_puts_the_configs_first_and_links_each_child_run(tmp_path):
+    import csv
+
+    rows = _lr_by_seed({0.1: [0.5, 0.7], 0.01: [0.9, 0.92]})
+    summary = Summary(rows, "val/acc", "maximize", experiment_id="7", title="grid lr×seed")
+    files = {p.name for p in summary.write(tmp_path)}
+    assert {"configs.csv", "trials.csv", "trials.md", "objective_per_config.png"} <= files
+    text = (tmp_path / "trials.md").read_text()
+    assert text.index("## Configurations") < text.index("## Jobs")
+    assert "| 1 | lr=0.01 | 2 | 0.91 ± 0.014 | 0.9 | 0.92 | best |" in text
+    for row in rows:
+        assert f"[{row.run_id[:8]}](#/experiments/7/runs/{row.run_id})" in text
+    with open(tmp_path / "trials.csv") as handle:
+        assert [r["run_id"] for r in csv.DictReader(handle)] == [r.run_id for r in rows]
+    with open(tmp_path / "configs.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(t["rank"], t["config"], t["optimizer.lr"], t["jobs"]) for t in table] == [
+        ("1", "lr=0.01", "0.01", "2 3"),
+        ("2", "lr=0.1", "0.1", "0 1"),
+    ]
+    assert float(table[1]["diff_vs_best"]) == pytest.approx(0.6 - 0.91)
+    assert table[0]["p_value"] == "" and float(table[1]["p_value"]) < 1

@@ -7,10 +7,12 @@ import contextlib
 import csv
 import signal
 import sqlite3
+import statistics
 import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from conftest import one_line_error, run_cli, start_cli
 
@@ -30,13 +32,18 @@ def split(runs):
     return parents, children
 
 
-def summary_rows(sandbox, parent) -> list[dict]:
-    folder = sandbox.path / "artifacts" / parent.info.run_id
-    path = sandbox.client().download_artifacts(
-        parent.info.run_id, "summary/trials.csv", str(_fresh(folder))
-    )
-    with open(path) as handle:
+def summary_rows(sandbox, parent, name: str = "trials.csv") -> list[dict]:
+    with open(summary_file(sandbox, parent, name)) as handle:
         return list(csv.DictReader(handle))
+
+
+def summary_file(sandbox, parent, name: str) -> Path:
+    folder = sandbox.path / "artifacts" / parent.info.run_id
+    return Path(
+        sandbox.client().download_artifacts(
+            parent.info.run_id, f"summary/{name}", str(_fresh(folder))
+        )
+    )
 
 
 def _fresh(folder: Path) -> Path:
@@ -45,47 +52,104 @@ def _fresh(folder: Path) -> Path:
 
 
 def test_grid_is_one_parent_with_a_child_per_job(sandbox):
-    proc = multirun(sandbox, "net=seed_mlp,cnn", "optimizer.lr=1e-3,3e-3")
+    proc = multirun(sandbox, "net=seed_mlp,cnn", "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (parent,), children = split(sandbox.runs())
     assert parent.info.status == "FINISHED"
     sweep_id = parent.data.tags["deepmine.sweep.id"]
-    assert parent.info.run_name == sweep_id
+    assert sweep_id.startswith("train-grid-")
+    # named by its space; an honest record: the swept keys as swept, not at the base values
+    # the sweep never ran at (a swept group's base params, net.*, are left out with it)
+    assert parent.info.run_name == "grid net×seed"
     assert parent.data.params["sweep.space.net"] == "net=seed_mlp,cnn"
-    assert parent.data.params["seed"] == "42"  # the sweep's own config
+    assert parent.data.params["net"] == "swept: seed_mlp,cnn"
+    assert parent.data.params["seed"] == "swept: 0,1"
+    assert not [k for k in parent.data.params if k.startswith("net.")]
+    assert parent.data.params["optimizer.lr"] == "0.001"  # not swept: the sweep's own config
 
     assert len(children) == 4
     assert {c.data.tags[PARENT] for c in children} == {parent.info.run_id}
     assert {c.data.tags["deepmine.sweep.id"] for c in children} == {sweep_id}
     assert sorted(int(c.data.tags["deepmine.sweep.job"]) for c in children) == [0, 1, 2, 3]
-    combos = {(c.data.params["sweep.net"], c.data.params["sweep.optimizer.lr"]) for c in children}
-    assert combos == {(n, lr) for n in ("seed_mlp", "cnn") for lr in ("0.001", "0.003")}
+    combos = {(c.data.params["sweep.net"], c.data.params["sweep.seed"]) for c in children}
+    assert combos == {(n, s) for n in ("seed_mlp", "cnn") for s in ("0", "1")}
+    # each child is named by what sets it apart
+    assert {c.info.run_name for c in children} == {f"net={n} seed={s}" for n, s in combos}
     # the compare view: swept params differ, the rest of the config is the same
     varying = {
         key
         for key in children[0].data.params
         if len({c.data.params.get(key) for c in children}) > 1
     }
-    assert {"sweep.net", "sweep.optimizer.lr", "optimizer.lr", "net._target_"} <= varying
-    assert not {"seed", "data._target_", "trainer.max_epochs"} & varying
+    assert {"sweep.net", "sweep.seed", "seed", "net._target_"} <= varying
+    assert not {"optimizer.lr", "data._target_", "trainer.max_epochs"} & varying
     assert all(c.info.status == "FINISHED" for c in children)
 
     rows = summary_rows(sandbox, parent)
     assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
     by_run = {c.info.run_id: c for c in children}
     for row in rows:
-        child = by_run[row["run_id"]]
+        child = by_run[row["run_id"]]  # the full run id, plain
         assert float(row["val/acc_best"]) == child.data.metrics["val/acc_best"]
         assert row["net"] == child.data.params["sweep.net"]
     best = max(children, key=lambda c: c.data.metrics["val/acc_best"])
     assert parent.data.tags["deepmine.sweep.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/acc_best"] == best.data.metrics["val/acc_best"]
     artifacts = {a.path for a in sandbox.client().list_artifacts(parent.info.run_id, "summary")}
     assert {
+        "summary/configs.csv",
         "summary/trials.md",
         "summary/best.json",
         "summary/objective_per_trial.png",
         "summary/objective_vs_params.png",
+        "summary/objective_per_config.png",
     } <= artifacts
+    _assert_configs_ranked_over_seeds(sandbox, parent, children)
+
+
+def _assert_configs_ranked_over_seeds(sandbox, parent, children):
+    """configs.csv, the Configurations table and the parent's agg/ metrics, against the
+    numbers recomputed here from the children in the store (net swept, over seeds 0 and 1)."""
+    from scipy import stats
+
+    scores: dict[str, list[float]] = {}
+    for child in sorted(children, key=lambda c: int(c.data.tags["deepmine.sweep.job"])):
+        scores.setdefault(child.data.params["sweep.net"], []).append(
+            child.data.metrics["val/acc_best"]
+        )
+    ranked = sorted(scores, key=lambda n: -statistics.fmean(scores[n]))
+    table = summary_rows(sandbox, parent, "configs.csv")
+    assert [(t["rank"], t["config"], t["n"]) for t in table] == [
+        ("1", f"net={ranked[0]}", "2"),
+        ("2", f"net={ranked[1]}", "2"),
+    ]
+    for row, net in zip(table, ranked, strict=True):
+        assert float(row["mean"]) == pytest.approx(statistics.fmean(scores[net]))
+        assert float(row["std"]) == pytest.approx(statistics.stdev(scores[net]))
+        assert float(row["min"]) == min(scores[net]) and float(row["max"]) == max(scores[net])
+    best, other = (scores[n] for n in ranked)
+    assert float(table[1]["diff_vs_best"]) == pytest.approx(
+        statistics.fmean(other) - statistics.fmean(best)
+    )
+    if statistics.pstdev(best) or statistics.pstdev(other):
+        welch = stats.ttest_ind(other, best, equal_var=False)
+        assert float(table[1]["p_value"]) == pytest.approx(welch.pvalue)
+        assert table[1]["note"] == "n<3: low power"
+    metrics, tags = parent.data.metrics, parent.data.tags
+    assert metrics["agg/val/acc_best/mean"] == pytest.approx(statistics.fmean(best))
+    assert metrics["agg/val/acc_best/std"] == pytest.approx(statistics.stdev(best))
+    assert metrics["agg/val/acc_best/n"] == 2
+    assert tags["deepmine.sweep.best_config"] == f"net={ranked[0]}"
+
+    text = summary_file(sandbox, parent, "trials.md").read_text()
+    note = tags["mlflow.note.content"]
+    assert text.index("## Configurations") < text.index("## Jobs")
+    assert f"| 1 | net={ranked[0]} | 2 |" in text and "## Configurations" in note
+    experiment = parent.info.experiment_id
+    for child in children:
+        run_id = child.info.run_id
+        link = f"[{run_id[:8]}](#/experiments/{experiment}/runs/{run_id})"
+        assert link in text and link in note
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(sandbox, tmp_path):
@@ -97,6 +161,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(sandbox, tmp_path):
     assert parent.info.status == "FAILED"
     by_job = {int(c.data.tags["deepmine.sweep.job"]): c for c in children}
     assert [by_job[j].info.status for j in (0, 1, 2)] == ["FINISHED", "FAILED", "FAILED"]
+    # job 2 never opened a run: the sweeper recorded it, under the name the job would have had
+    names = [by_job[j].info.run_name for j in (0, 1, 2)]
+    assert names == ["lr=0.001", "lr=1000000000.0", "lr=abc"]
     assert "NonFiniteLoss" in by_job[1].data.tags["deepmine.error"]
     assert "optimizer.lr='abc' is not valid" in by_job[2].data.tags["deepmine.error"]
     for job in (1, 2):
@@ -107,6 +174,16 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(sandbox, tmp_path):
     rows = summary_rows(sandbox, parent)
     assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FAILED"]
     assert "NonFiniteLoss" in rows[1]["note"]
+    # no seed swept: every job its own config; the failed ones ranked last, unscored
+    configs = summary_rows(sandbox, parent, "configs.csv")
+    assert [(c["rank"], c["config"], c["n"]) for c in configs] == [
+        ("1", "lr=0.001", "1"),
+        ("", "lr=1000000000.0", "0"),
+        ("", "lr=abc", "0"),
+    ]
+    assert configs[1]["note"] == "no scored job"
+    assert parent.data.metrics["agg/val/acc_best/n"] == 1
+    assert parent.data.tags["deepmine.sweep.best_config"] == "lr=0.001"
 
 
 def test_joblib_runs_parallel_jobs_into_a_fresh_store(sandbox):
@@ -117,6 +194,14 @@ def test_joblib_runs_parallel_jobs_into_a_fresh_store(sandbox):
     (parent,), children = split(sandbox.runs())
     assert parent.info.status == "FINISHED"
     assert [c.info.status for c in children] == ["FINISHED"] * 4
+    assert parent.info.run_name == "grid seed"
+    in_order = sorted(children, key=lambda c: int(c.data.tags["deepmine.sweep.job"]))
+    assert [c.info.run_name for c in in_order] == ["seed=0", "seed=1", "seed=0", "seed=1"]
+    # only the seed swept: one configuration, its mean over the four jobs
+    values = [c.data.metrics["val/acc_best"] for c in children]
+    assert parent.data.metrics["agg/val/acc_best/n"] == 4
+    assert parent.data.metrics["agg/val/acc_best/mean"] == pytest.approx(statistics.fmean(values))
+    assert parent.data.tags["deepmine.sweep.best_config"] == "base config"
     client = sandbox.client()
     keys = {"train/loss", "train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "test/loss"}
     for child in children:
@@ -173,6 +258,16 @@ def test_optuna_search_killed_and_resumed_ends_with_all_trials_and_one_parent(sa
     (parent_after,), children = split(sandbox.runs("fashion_mnist_optuna"))
     assert parent_after.info.run_id == parent.info.run_id
     assert parent_after.info.status == "FINISHED"
+    assert parent_after.info.run_name == (
+        "optuna lr×weight_decay×hidden_sizes×dropout×batch_size (4 trials)"
+    )
+    assert parent_after.data.params["optimizer.lr"] == "swept: tag(log, interval(1e-4, 1e-2))"
+    assert parent_after.data.params["data.batch_size"] == "swept: choice(64, 128, 256)"
+    for child in children:
+        trial = study.trials[int(child.data.tags["deepmine.sweep.job"])]
+        assert child.info.run_name.startswith(
+            f"trial {trial.number} lr={trial.params['optimizer.lr']:.3g} weight_decay="
+        )
     assert "RUNNING" not in {c.info.status for c in children}
     finished = {
         int(c.data.tags["deepmine.sweep.job"]) for c in children if c.info.status == "FINISHED"

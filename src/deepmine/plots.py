@@ -73,7 +73,12 @@ def learning_curves_png(
     return _save(fig, path)
 
 
-def objective_per_trial_png(points, name: str, direction: str, path: Path) -> Path:
+def _titled(title: str, text: str) -> str:
+    """`text`, after the sweep's name when there is one (`grid lr×seed: ...`)."""
+    return f"{title}: {text}" if title else text
+
+
+def objective_per_trial_png(points, name: str, direction: str, path: Path, title: str = "") -> Path:
     """Objective of every job in launch order, failures marked at the bottom, with the running
     best: how fast the sweep found its best."""
     import math
@@ -97,14 +102,16 @@ def objective_per_trial_png(points, name: str, direction: str, path: Path) -> Pa
         )
     ax.set_xlabel("job / trial")
     ax.set_ylabel(name)
-    ax.set_title(f"{name} per trial ({direction})")
+    ax.set_title(_titled(title, f"{name} per trial ({direction})"), fontsize=10)
     ax.grid(alpha=0.3)
     if scored:
         ax.legend()
     return _save(fig, path)
 
 
-def objective_vs_params_png(params: dict[str, list], values: list[float], name: str, path: Path):
+def objective_vs_params_png(
+    params: dict[str, list], values: list[float], name: str, path: Path, title: str = ""
+):
     """One panel per swept param: objective against the param's value (log axis for positive
     numbers spanning more than two decades; categories as evenly spaced labels)."""
     n = max(len(params), 1)
@@ -123,11 +130,46 @@ def objective_vs_params_png(params: dict[str, list], values: list[float], name: 
         ax.set_xlabel(param)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def objective_per_config_png(
+    scores: dict[str, list[float]], name: str, direction: str, path: Path, title: str = ""
+) -> Path:
+    """The objective per configuration, best first: each seed a dot, the mean a bar with its
+    ± std: whether the ranking is larger than the spread over seeds, at a glance."""
+    from deepmine.compare.stats import summarize
+
+    labels = list(scores)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) + 2), 4))
+    for i, config in enumerate(labels):
+        values = scores[config]
+        stats = summarize(values)
+        ax.errorbar(
+            [i], [stats.mean], yerr=[stats.std], fmt="_", markersize=24, capsize=6, color="C0"
+        )
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+        ax.plot(i + np.asarray(jitter), values, "o", color="C1", alpha=0.8, markersize=5)
+    ax.plot([], [], "_", color="C0", markersize=12, label="mean ± std")
+    ax.plot([], [], "o", color="C1", markersize=5, label="seeds")
+    turned = len(labels) > 3 or max(map(len, labels), default=0) > 14
+    ax.set_xticks(
+        range(len(labels)), labels, rotation=20 if turned else 0, ha="right" if turned else "center"
+    )
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_ylabel(name)
+    ax.set_title(_titled(title, f"{name} per config, best first ({direction})"), fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def reproduction_png(name, metric, values: dict, published, tolerance, path: Path) -> Path:
     """Each seed's value, their mean ± std, and the published value with its tolerance band."""
+    from deepmine.compare.stats import summarize
+
     fig, ax = plt.subplots(figsize=(6, 4))
     seeds = list(values)
     points = [values[s] for s in seeds]
@@ -135,7 +177,8 @@ def reproduction_png(name, metric, values: dict, published, tolerance, path: Pat
         ax.plot(range(len(points)), points, "o", label="seeds")
         for i, seed in enumerate(seeds):
             ax.annotate(f"seed {seed}", (i, points[i]), textcoords="offset points", xytext=(5, 5))
-        mean, std = float(np.mean(points)), float(np.std(points, ddof=1)) if len(points) > 1 else 0
+        stats = summarize(points)
+        mean, std = stats.mean, stats.std
         ax.axhline(mean, color="C0", linestyle="--", label=f"reproduced {mean:.4f} ± {std:.4f}")
     if published is not None:
         ax.axhline(published, color="C3", label=f"published {published:.4f}")

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 
 from deepmine.claims import Claim, load
+from deepmine.compare.stats import Summary as Stats
+from deepmine.compare.stats import summarize
 from deepmine.errors import DeepmineError
 from deepmine.project import project_root
 from deepmine.secrets import mask_overrides
@@ -48,13 +49,18 @@ class Outcome:
     date: str = ""
 
     @property
+    def stats(self) -> Stats:
+        """n, mean and sample std over the seeds: the statistics `deepmine compare` and the
+        sweep summary print for a configuration."""
+        return summarize(list(self.values.values()))
+
+    @property
     def mean(self) -> float | None:
-        return statistics.fmean(self.values.values()) if self.values else None
+        return self.stats.mean
 
     @property
     def std(self) -> float | None:
-        values = list(self.values.values())
-        return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        return self.stats.std
 
     @property
     def ok(self) -> bool:
@@ -352,6 +358,9 @@ def reproduce_run(
         "train",
         *overrides,
         f"logger.tracking_uri={store.uri}",
+        # the original's name, so the re-run sits beside it in the UI's lists and groups (its
+        # own overrides differ, which would give it another `<net>-<data>-<hash>`)
+        *([f"logger.run_name={quoted(run.info.run_name)}"] if run.info.run_name else []),
         f"+tags.reproduces={run_id}",
     ]
     print(f"re-running  deepmine {' '.join(mask_overrides(command))}", flush=True)
@@ -374,6 +383,17 @@ def reproduce_run(
         max_results=1,
     )[0]
     return _print_metric_diff(run, again)
+
+
+def quoted(value: str) -> str:
+    """`value` as a quoted Hydra override value, read back exactly as it is (spaces, `=`,
+    quotes; `${` is not an interpolation in a run name)."""
+    import re
+
+    # Hydra reads a backslash as an escape only before a quote (or the closing quote)
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return "'" + escaped.replace("${", "\\${") + "'"
 
 
 def _check_origin(tags: dict, root: Path, checkout: bool) -> RunCheck:

@@ -38,6 +38,14 @@ class SweepJob:
         """The values this job got for the swept keys, typed as Hydra parsed them."""
         return swept_values(self.overrides, self.info.swept)
 
+    def run_name(self) -> str:
+        """`lr=0.01 seed=2` (a grid job), `trial 3 lr=0.0123 wd=1.2e-05` (an Optuna trial):
+        what sets this child apart from its siblings, readable in MLflow's run lists. A job
+        that fails before opening its run gets the same name from the sweeper."""
+        from deepmine.sweeps.names import job_run_name
+
+        return job_run_name(self.info.kind, self.info.swept, self.num, self.swept_values())
+
     def params(self) -> dict[str, str]:
         """The swept overrides as params under `sweep.`: in MLflow's compare view of the
         children these are the columns that differ."""

@@ -100,7 +100,7 @@ def run_search(sweeper, arguments: list[str]) -> list:
             "direction": direction,
         },
     )
-    record = SweepRecord(config, info, [*lines, *arguments])
+    record = SweepRecord(config, info, [*lines, *arguments], trials=int(settings.n_trials))
     pinned = [f"hydra.sweep.dir={sweep_dir}"]  # a resumed search keeps its folder
     _pin_sweep_dir(config, sweep_dir)
     returns = []

@@ -6,6 +6,10 @@ DB is a known MLflow failure), opens the parent run and writes `deepmine-sweep.j
 sweep folder. Each job, in whatever process or machine the launcher puts it, reads that file to
 open its run as a child of the parent (see `deepmine.sweeps.job`).
 
+The parent is named by its space (`grid lr×seed`), and it records the base config with the
+swept keys marked: `optimizer.lr = swept: 1e-3,1e-2`, not the base value `0.001` the sweep never
+ran at (a swept config group, `net=mlp,cnn`, drops the base choice's `net.*` params too).
+
 Secrets (`deepmine.secrets`) are masked in everything the parent records: its tags, params,
 `sweep/multirun.yaml`, the summary, and the errors of failed jobs. Each job masks its own run.
 """
@@ -77,6 +81,20 @@ def _task(config: DictConfig) -> DictConfig:
     return task
 
 
+def honest_params(config: dict, swept: dict[str, str]) -> dict[str, str]:
+    """The base config as flat params, each swept key (and everything under it, for a swept
+    config group) replaced by one param saying what was swept."""
+    from deepmine.sweeps.names import bare_key
+    from deepmine.tracking.params import flatten
+
+    params = flatten(config)
+    for key, values in swept.items():
+        name = bare_key(key)
+        params = {k: v for k, v in params.items() if k != name and not k.startswith(name + ".")}
+        params[name] = values
+    return params
+
+
 def sweep_secrets(config: DictConfig) -> set[str]:
     """The secret values of a sweep: in its base config and on its command line."""
     from deepmine.secrets import secret_values
@@ -88,10 +106,13 @@ def sweep_secrets(config: DictConfig) -> set[str]:
 class SweepRecord:
     """Opens the parent run, lets the sweeper launch, and closes it with the summary."""
 
-    def __init__(self, config: DictConfig, info: SweepInfo, space: list[str]):
+    def __init__(
+        self, config: DictConfig, info: SweepInfo, space: list[str], trials: int | None = None
+    ):
         self.config = config
         self.info = info
         self.space = space
+        self.trials = trials  # an Optuna search's n_trials, for the parent's name
         self.store = None
         self.parent = None
         self.secrets = sweep_secrets(config)
@@ -126,7 +147,7 @@ class SweepRecord:
             recorded_run(
                 self.store,
                 experiment,
-                self.info.sweep_id,
+                self.run_name(),
                 self._tags(),
                 reopen_run_id,
                 secret_values=self.secrets,
@@ -137,9 +158,11 @@ class SweepRecord:
             self.info.tracking_uri = self.store.uri
             self.info.experiment_name = experiment
             self.info.save()
-            if not reopen_run_id:
+            if reopen_run_id:
+                self.store.client.update_run(parent.run_id, name=self.run_name())
+            else:
                 space = self._space()
-                parent.log_params(task_config(self.config))
+                parent.log_params(honest_params(task_config(self.config), self.swept_params()))
                 parent.log_params({f"sweep.space.{line.split('=')[0]}": line for line in space})
                 parent.log_text("\n".join(space) + "\n", "sweep/space.txt")
                 multirun = mask_text(OmegaConf.to_yaml(self.config), self.secrets)
@@ -149,6 +172,21 @@ class SweepRecord:
             except BaseException:
                 self._close_orphans()
                 raise
+
+    def run_name(self) -> str:
+        from deepmine.sweeps.names import sweep_run_name
+
+        return sweep_run_name(self.info.kind, self.info.swept, self.trials)
+
+    def swept_params(self) -> dict[str, str]:
+        """Each swept key -> `swept: <its values as written>` (the last entry for a key wins,
+        as in the search itself; secret values masked)."""
+        found = {}
+        for line in self._space():
+            key, _, values = line.partition("=")
+            if key.strip() in self.info.swept:
+                found[key.strip()] = f"swept: {values.strip()}"
+        return found
 
     def _space(self) -> list[str]:
         """The search space as recorded: a secret key's values are masked (an Optuna space
@@ -189,6 +227,7 @@ class SweepRecord:
         """A FAILED child for a job that returned an error without having opened a run."""
         if self.parent is None:
             return ""
+        from deepmine.sweeps.names import job_run_name
         from deepmine.tracking.sweep import JOB_TAG, PARENT_TAG, SWEEP_ID_TAG, record_failed_job
 
         error = self.mask(error_line(exc))
@@ -202,7 +241,7 @@ class SweepRecord:
         return record_failed_job(
             self.store,
             self.parent.experiment_id,
-            f"{self.info.sweep_id}-job{job}",
+            self.mask(job_run_name(self.info.kind, self.info.swept, job, params)),
             tags,
             {f"sweep.{k}": self.mask(str(v)) for k, v in params.items()},
             error,
@@ -239,9 +278,18 @@ class SweepRecord:
     def finish(self, rows: list[JobRow], objective_name: str, direction: str) -> Summary:
         """Write the summary beside the sweep and into the parent run; mark the parent FAILED
         when jobs failed. The caller raises `SweepFailed` after the parent is closed."""
+        from deepmine.sweeps.names import TRIAL_DIGITS
+
         rows = [self._masked_row(row) for row in rows]
         objective_name = self.mask(objective_name or "objective")
-        summary = Summary(rows, objective_name, direction)
+        summary = Summary(
+            rows,
+            objective_name,
+            direction,
+            experiment_id=self.parent.experiment_id if self.parent is not None else "",
+            title=self.run_name(),
+            digits=TRIAL_DIGITS if self.info.kind == "optuna" else None,
+        )
         folder = Path(self.info.sweep_dir) / "summary"
         files = summary.write(folder)
         if self.parent is not None:
@@ -253,13 +301,26 @@ class SweepRecord:
                 "deepmine.sweep.failed_jobs": str(len(summary.failed)),
                 "mlflow.note.content": f"Sweep `{self.info.sweep_id}`\n\n{summary.markdown()}",
             }
+            metrics = {}
             if best:
                 tags["deepmine.sweep.best_run_id"] = best.run_id
                 tags["deepmine.sweep.best_job"] = str(best.job)
                 tags.update({f"deepmine.sweep.best.{k}": str(v) for k, v in best.params.items()})
-                self.store.client.log_metric(
-                    self.parent.run_id, f"best/{objective_name}", best.objective, step=len(rows)
+                metrics[f"best/{objective_name}"] = best.objective
+            config = summary.best_config
+            if config:
+                tags["deepmine.sweep.best_config"] = config.label
+                stats = config.stats
+                prefix = f"agg/{objective_name}"
+                metrics.update(
+                    {
+                        f"{prefix}/mean": stats.mean,
+                        f"{prefix}/std": stats.std,
+                        f"{prefix}/n": stats.n,
+                    }
                 )
+            for key, value in metrics.items():
+                self.store.client.log_metric(self.parent.run_id, key, value, step=len(rows))
             self.parent.set_tags(tags)
             if summary.failed:
                 self.parent.fail(failure_line(summary))

@@ -26,7 +26,10 @@ def get_run(
         shown = (example or (lambda i: f"run_id={i}"))(latest) if latest else None
         raise DeepmineError(
             f"no MLflow run '{run_id}' in {store.uri}",
-            "pick one from `deepmine runs`" + (f", e.g. {shown}" if shown else ""),
+            "pick one from `deepmine runs`"
+            + (f", e.g. {shown}" if shown else "")
+            + "; or, if it is in another store, pass --tracking-uri URI "
+            "(or logger.tracking_uri=URI, or set MLFLOW_TRACKING_URI)",
         ) from exc
     if run.info.lifecycle_stage == "deleted":
         raise DeepmineError(f"MLflow run '{run_id}' is deleted", "restore it or pick another run")
