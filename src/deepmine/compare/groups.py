@@ -25,6 +25,9 @@ GROUP_TAG = "deepmine.group"
 #: Keys (fnmatch patterns over dotted param names) that do not define a configuration.
 RUN_SPECIFIC = (
     "seed",
+    # keys that follow the seed (`${seed}` in conf/): they differ exactly when the seed does
+    "data.shuffle_seed",
+    "task.seed",
     "paths.*",
     "logger.*",
     "tags.*",
