@@ -125,7 +125,7 @@ def deepmine_run(overrides: list[str], tracking_uri: str | None = None) -> dict:
         raise SystemExit(f"deepmine train {' '.join(overrides)} exited {code}")
     summary = json.loads((out / "metrics.json").read_text())
     summary["output_dir"] = str(out)
-    record = out / "checkpoints" / "mlflow_run.json"
+    record = out / "mlflow_run.json"
     if record.is_file():
         summary["run_id"] = json.loads(record.read_text())["run_id"]
     return summary

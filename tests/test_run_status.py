@@ -59,5 +59,5 @@ def test_interrupt_marks_the_run_killed(sandbox, sig):
     assert proc.returncode == 130, stderr.decode()[-2000:]
     (run,) = sandbox.runs()
     assert run.info.status == "KILLED"
-    run_file = next(sandbox.logs.glob("train/runs/*/*/checkpoints/mlflow_run.json"))
+    run_file = next(sandbox.logs.glob("train/runs/*/*/mlflow_run.json"))
     assert json.loads(run_file.read_text())["run_id"] == run.info.run_id

@@ -36,7 +36,9 @@ def test_run_finished_with_conventional_name(recorded):
     assert run.info.status == "FINISHED"
     experiment = box.client().get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert run.info.run_name.startswith("seed_mlp-fashion_mnist-")
+    # <net>-<data> and the overrides that chose something (paths, store and tags left out)
+    assert run.info.run_name.startswith("seed_mlp-fashion_mnist debug=fast notes=nnn")
+    assert len(run.info.run_name) == 60 and run.info.run_name.endswith("…")
     assert run.info.run_id in proc.stdout and "test/acc" in proc.stdout
     assert f"mlflow ui --backend-store-uri {box.uri}" in proc.stdout
     link = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType="
@@ -53,6 +55,28 @@ def test_params_are_the_whole_resolved_config_untruncated(recorded):
     assert params["seed"] == "42"
     assert params["notes"] == LONG_NOTE
     assert not any("${" in v for v in params.values()), "interpolations must be resolved"
+    # machine paths stay out: project paths relative, run outputs and the store left out
+    assert params["data.data_dir"] == "data/fashion_mnist"
+    assert params["data.cache_dir"] == ".cache/decoded"
+    assert "paths.output_dir" not in params and "logger.tracking_uri" not in params
+    assert not any(str(ROOT) in v or "/tmp" in v for v in params.values())
+
+
+def test_datasets_carry_the_dvc_data_version(recorded):
+    """Fashion-MNIST is read from data/: each split's dataset names the DVC pin."""
+    _, _, run = recorded
+    pinned = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+    inputs = run.inputs.dataset_inputs
+    contexts = sorted(i.tags[0].value for i in inputs)
+    assert contexts == ["test", "training", "validation"]
+    for item in inputs:
+        dataset = item.dataset
+        assert dataset.name == "fashion_mnist" and dataset.source_type == "local"
+        assert dataset.digest.startswith(pinned[:8] + "-")
+        source = json.loads(dataset.source)
+        assert source["uri"] == "data/fashion_mnist" and source["dvc_md5"] == pinned
+    rows = {i.tags[0].value: json.loads(i.dataset.profile)["num_rows"] for i in inputs}
+    assert rows == {"training": 54000, "validation": 6000, "test": 10000}
 
 
 def test_tags_record_code_data_environment(recorded):
@@ -126,10 +150,10 @@ def test_artifacts_present_and_correct(recorded):
 
 def test_run_id_is_written_next_to_the_checkpoints(recorded):
     box, _, run = recorded
-    (record,) = box.logs.glob("train/runs/*/*/checkpoints/mlflow_run.json")
+    (record,) = box.logs.glob("train/runs/*/*/mlflow_run.json")
     data = json.loads(record.read_text())
     assert data == {"run_id": run.info.run_id, "experiment": "default", "tracking_uri": box.uri}
-    assert list(record.parent.glob("*.ckpt")), "checkpoints live beside the run id"
+    assert list(record.parent.glob("checkpoints/*.ckpt")), "checkpoints live beside the run id"
 
 
 def test_nothing_written_to_the_working_directory(recorded):

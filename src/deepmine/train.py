@@ -8,7 +8,6 @@ for sweepers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -68,6 +67,7 @@ def _train(cfg: DictConfig) -> float | None:
         cfg, resumed = _resumed(cfg, hydra_cfg, cfg.resume, overrides)
     seed = check_seed(cfg)
     check_values(cfg)
+    _check_register(cfg)
     job = current_job()
     data_tags = verify_data(cfg)
     timeline.mark("data_checked")
@@ -175,7 +175,12 @@ def _recorded(
         tags = _start_tags(cfg, overrides, seed, data_tags, git)
     if job:
         tags.update(job.tags())
-    run_name = cfg.logger.run_name or _run_name(HydraConfig.get(), overrides)
+    if cfg.logger.run_name:
+        run_name = cfg.logger.run_name
+    elif job and hasattr(job, "run_name"):
+        run_name = job.run_name()
+    else:
+        run_name = _run_name(HydraConfig.get(), overrides, secret_values(cfg, overrides))
     run = None
     pruned = None
     try:
@@ -195,6 +200,8 @@ def _recorded(
             timeline.mark("run_opened")
             if job:
                 run.log_params(job.params())
+            if not resumed:
+                _record_data_and_group(run, cfg, parts.datamodule, data_tags)
             parts.trainer.loggers = [
                 run.lightning_logger(
                     with_history=bool(resumed), flush_every_s=cfg.logger.flush_every_s
@@ -342,11 +349,109 @@ def connect_store(cfg: DictConfig):
     return connect(cfg.logger.tracking_uri, cfg.logger.get("artifact_location"))
 
 
-def _run_name(hydra_cfg, overrides: list[str]) -> str:
-    """`<net>-<data>-<short hash of the overrides>`: same overrides, same name."""
+#: longest run name made up by `_run_name` (MLflow's lists and legends cut longer ones)
+RUN_NAME_CHARS = 60
+#: overrides a run name leaves out (fnmatch patterns): net and data lead the name; the rest say
+#: where things are written or recorded, or switch checks and printing, not what is trained
+NAME_SKIPS = (
+    "net",
+    "data",
+    "register",
+    "paths.*",
+    "logger.*",
+    "tags.*",
+    "hydra.*",
+    "hydra/*",
+    "print_config",
+    "allow_data_mismatch",
+    "trust_recorded_targets",
+    "trainer.default_root_dir",
+    "callbacks.model_checkpoint.dirpath",
+)
+
+
+def _run_name(hydra_cfg, overrides: list[str], secrets: set[str] = frozenset()) -> str:
+    """`<net>-<data>` and the overrides that say what else was chosen, each key shortened to
+    its last part: `cnn-fashion_mnist lr=0.003 seed=1`. Overrides of where things are written
+    or recorded (`NAME_SKIPS`: `paths.*`, `logger.*`, `tags.*`, ...) are left out, secret values
+    masked; the same command line gives the same name. At most `RUN_NAME_CHARS` characters."""
+    from fnmatch import fnmatchcase
+
+    from deepmine.secrets import mask_overrides
+
     choices = hydra_cfg.runtime.choices
-    digest = hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()[:6]
-    return f"{choices.get('net', 'net')}-{choices.get('data', 'data')}-{digest}"
+    words = [f"{choices.get('net') or 'net'}-{choices.get('data') or 'data'}"]
+    for override in mask_overrides(overrides, secrets):
+        key, given, value = override.lstrip("+~").partition("=")
+        if not given or any(fnmatchcase(key, pattern) for pattern in NAME_SKIPS):
+            continue
+        if "/" in value:  # a path: its last part says which
+            value = value.rstrip("/").rsplit("/", 1)[-1]
+        words.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    name = " ".join(words)
+    return name if len(name) <= RUN_NAME_CHARS else name[: RUN_NAME_CHARS - 1] + "…"
+
+
+def _summary_line(cfg: DictConfig, seed: int) -> str:
+    """The values that tell runs apart at a glance: net, optimizer and lr, data, seed
+    (`cnn adam lr=0.003 fashion_mnist seed=2`); the run's `deepmine.summary` tag."""
+    choices = HydraConfig.get().runtime.choices
+    words = [choices.get("net"), choices.get("optimizer")]
+    lr = (cfg.get("optimizer") or {}).get("lr")
+    if isinstance(lr, int | float):
+        words.append(f"lr={lr:g}")
+    words += [choices.get("data"), f"seed={seed}"]
+    return " ".join(str(w) for w in words if w)
+
+
+def _description(summary: str, cfg: DictConfig, task, result: dict) -> str:
+    """The run's description in the MLflow UI: its summary line and what it reached,
+    `cnn adam lr=0.003 fashion_mnist seed=2 → val/acc_best 0.912, test/acc 0.905`."""
+    reached = []
+    metric, value = cfg.get("optimized_metric"), result["objective"]
+    if metric and value is not None:
+        reached.append(f"{metric} {value:.4g}")
+    test = f"test/{getattr(task, 'monitor', '')}"
+    if test != metric and test in result["metrics"]:
+        reached.append(f"{test} {result['metrics'][test]:.4g}")
+    return f"{summary} → {', '.join(reached)}" if reached else summary
+
+
+def _check_register(cfg: DictConfig) -> None:
+    """`+register=<name>` is `logger.register=<name>` (moved there, so the run's params and
+    group do not depend on which was typed); refused before any run exists when it cannot be
+    honoured."""
+    from omegaconf import open_dict
+
+    name = cfg.get("register")
+    if "register" in cfg:
+        with open_dict(cfg):
+            del cfg["register"]
+    if not cfg.get("logger"):
+        if name is not None:
+            raise DeepmineError(
+                "register=<name> registers the run's model in MLflow, and logger=none records "
+                "nothing",
+                "drop logger=none, or drop +register",
+            )
+        return
+    if name is None:
+        name = cfg.logger.get("register")
+    if name is None:
+        return
+    name = str(name)
+    if not name.strip() or "/" in name or ":" in name:
+        raise DeepmineError(
+            f"register={name!r} is not a model name (MLflow refuses empty names and '/' or ':')",
+            "name the model plainly, e.g. +register=fashion_cnn",
+        )
+    if not cfg.logger.get("log_model", True):
+        raise DeepmineError(
+            f"register={name} registers the run's model, and logger.log_model=false logs none",
+            "drop logger.log_model=false",
+        )
+    with open_dict(cfg):
+        cfg.logger.register = name
 
 
 def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict, git) -> dict:
@@ -371,6 +476,9 @@ def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dic
         # float reductions depend on the thread count: bit-identical reruns need the same one
         "deepmine.torch.num_threads": str(torch.get_num_threads()),
         "deepmine.output_dir": str(cfg.paths.output_dir),
+        # the project this run was started in: params hold paths relative to it
+        "deepmine.root_dir": str(cfg.paths.root_dir),
+        "deepmine.summary": _summary_line(cfg, seed),
         **data_tags,
         **user_tags,
     }
@@ -379,10 +487,11 @@ def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dic
 
 
 def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
-    """What is known before training: config, overrides, code diff; the run id on disk."""
-    checkpoints = output_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    (checkpoints / "mlflow_run.json").write_text(
+    """What is known before training: config, overrides, code diff; the run id on disk (in
+    the run folder, not among the checkpoints: Lightning warns about a checkpoint folder that
+    holds files before the first checkpoint)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "mlflow_run.json").write_text(
         json.dumps(
             {
                 "run_id": run.run_id,
@@ -407,6 +516,20 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
     if git.dirty:
         run.log_text(mask_values(git.status, values), "git/status.txt")
         run.log_text(mask_values(git.diff, values), "git/diff.patch")
+
+
+def _record_data_and_group(run, cfg: DictConfig, datamodule, data_tags: dict) -> None:
+    """Once the params are logged: the data as MLflow datasets (one per split) and the run's
+    group (`deepmine.compare.groups`), computed from exactly the params the store holds, so
+    `deepmine compare` reading them back finds the same group."""
+    from deepmine.compare.groups import GROUP_TAG, group_key
+    from deepmine.tracking.datasets import data_source, log_datasets
+
+    run.set_tags({GROUP_TAG: group_key(run.params)})
+    tensors = getattr(datamodule, "tensors", {})
+    name = HydraConfig.get().runtime.choices.get("data") or "data"
+    source = data_source(cfg.data, data_tags, Path(cfg.paths.root_dir), tensors)
+    log_datasets(run, str(name), source, tensors)
 
 
 def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:
@@ -473,7 +596,8 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
         run.log_file(result["best_checkpoint"], "checkpoints")
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
-    for path in task.plots(plots, run.run_id[:8], parts.datamodule):
+    # plots are titled by the run's name, which says what differs (`lr=0.01 seed=2`)
+    for path in task.plots(plots, run.name or run.run_id[:8], parts.datamodule):
         run.log_file(path, "plots")
     results = output_dir / "results"
     results.mkdir(exist_ok=True)
@@ -486,11 +610,31 @@ def _record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip
         run.set_tags(task.run_tags())
     history = trainer.loggers[0].history
     curves = learning_curves_png(
-        history, plots / "learning_curves.png", run.run_id[:8], task.monitor
+        history, plots / "learning_curves.png", run.name or run.run_id[:8], task.monitor
     )
     run.log_file(curves, "plots")
     run.log_json(_summary(cfg, result), "metrics.json")
+    if cfg.logger.get("log_model", True) and trainer.is_global_zero:
+        result["model"] = _log_model(run, cfg, parts, result)
+    summary = run.client.get_run(run.run_id).data.tags.get("deepmine.summary", "")
+    if summary:
+        run.set_tags({"mlflow.note.content": _description(summary, cfg, task, result)})
     run.log_text(pip_freeze.result(timeout=120), "environment/pip-freeze.txt")
+
+
+def _log_model(run, cfg: DictConfig, parts, result: dict):
+    """The best weights (what `trainer.test` loaded and scored) in a task module built afresh
+    from the config, so the MLflow model carries no trainer, test results or plots' data, and
+    the first rows of a real test batch as its input example."""
+    from deepmine.build import build_task
+    from deepmine.tracking.model import log_model
+
+    model = build_task(cfg)
+    model.load_state_dict(parts.task.state_dict())
+    batch = next(iter(parts.datamodule.test_dataloader()))
+    inputs = batch[0] if isinstance(batch, list | tuple) else batch
+    register = cfg.logger.get("register")
+    return log_model(run, model, inputs, step=result["global_step"], register=register)
 
 
 def _record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
@@ -502,7 +646,7 @@ def _record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
     history = parts.trainer.loggers[0].history
-    title, metric = run.run_id[:8], parts.task.monitor
+    title, metric = run.name or run.run_id[:8], parts.task.monitor
     run.log_file(
         learning_curves_png(history, plots / "learning_curves.png", title, metric), "plots"
     )
@@ -524,14 +668,24 @@ def _print_summary(result: dict, task, run, store) -> None:
     lines = task.summary_lines(result["metrics"])
     if run is not None:
         lines.insert(0, f"MLflow run    {run.run_id} (experiment '{run.experiment_name}')")
+        model = result.get("model")
+        if model is not None:
+            registered = ""
+            if model.registered:
+                name, version = model.registered.rsplit("/", 1)
+                registered = f" (registered as '{name}' version {version})"
+            lines.append(f"model         {model.uri}{registered}")
         lines.append(f"store         {store.uri}")
         if store.uri.startswith(("http://", "https://")):
-            lines.append(f"open the run  {store.uri.rstrip('/')}/{run.ui_path()}")
+            base = store.uri.rstrip("/")
+            lines.append(f"open the runs {base}/{run.experiment_ui_path()}")
+            lines.append(f"open the run  {base}/{run.ui_path()}")
         else:
             lines.append(
                 f"open the UI   deepmine ui   (or: mlflow ui --backend-store-uri {store.uri})"
             )
-            lines.append(f"then the run  http://127.0.0.1:5000/{run.ui_path()}")
+            lines.append(f"then the runs http://127.0.0.1:5000/{run.experiment_ui_path()}")
+            lines.append(f"and this run  http://127.0.0.1:5000/{run.ui_path()}")
     print("\n".join(lines), flush=True)
 
 

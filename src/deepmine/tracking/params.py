@@ -3,6 +3,13 @@
 Lightning's MLFlowLogger cuts values to 250 characters; MLflow itself accepts 6000, so only
 values past that are shortened (with a pointer to config/config.yaml, which is always complete).
 A key that looks secret (see `deepmine.secrets`) is recorded as `***`, whatever its value.
+
+Params are what the MLflow UI and `deepmine compare` diff between runs, so they hold no machine
+paths (`portable`): the same config run from two clones, or twice, logs the same params. Paths
+under the project root are logged relative to it (`data.data_dir=data/fashion_mnist`); where this
+run's files went and which store recorded it are left out (they are the tags
+`deepmine.output_dir` and `deepmine.root_dir`, the run's own store, and the complete config is
+the artifact config/config.yaml).
 """
 
 from __future__ import annotations
@@ -15,6 +22,17 @@ from deepmine.secrets import MASK, is_secret_key
 MAX_VALUE = 6000
 MAX_KEY = 250
 BATCH = 100  # MLflow's per-call limit for params
+
+#: Where this run's files went and where it was recorded: different for every run or machine.
+RUN_LOCATION_KEYS = (
+    "paths.root_dir",
+    "paths.log_dir",
+    "paths.output_dir",
+    "trainer.default_root_dir",
+    "callbacks.model_checkpoint.dirpath",
+    "logger.tracking_uri",
+    "logger.artifact_location",
+)
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
@@ -29,6 +47,20 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = _as_text(value)
     return flat
+
+
+def portable(params: Mapping[str, str]) -> dict[str, str]:
+    """`params` (flat) without `RUN_LOCATION_KEYS`, values under `paths.root_dir` made relative
+    to it (`.` for the root itself), so they are equal wherever the project lives."""
+    root = str(params.get("paths.root_dir") or "").rstrip("/")
+    kept = {}
+    for key, value in params.items():
+        if key in RUN_LOCATION_KEYS:
+            continue
+        if root and (value == root or value.startswith(root + "/")):
+            value = value[len(root) + 1 :] or "."
+        kept[key] = value
+    return kept
 
 
 def _as_text(value: object) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from deepmine.errors import first_line
-from deepmine.tracking.params import batches, flatten
+from deepmine.tracking.params import batches, flatten, portable
 from deepmine.tracking.store import Store
 
 HEARTBEAT_EVERY_S = 30.0
@@ -100,8 +100,11 @@ class RecordedRun:
         self.run_id = run_id
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id
+        self.name = ""  # the run's name, for what the run draws (plot titles)
         self.end_status = "FINISHED"
         self.loggers: list = []
+        #: every param logged so far, as stored: what the group key is computed from
+        self.params: dict[str, str] = {}
         # masked in the free text the run records on its own (error tag, traceback)
         self.secret_values = set(secret_values)
 
@@ -120,11 +123,22 @@ class RecordedRun:
             f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
         )
 
-    def log_params(self, tree: dict) -> None:
+    def experiment_ui_path(self) -> str:
+        """The experiment's runs in the MLflow UI's model-training view (MLflow 3 opens an
+        experiment in its GenAI view without `workflowType`)."""
+        return f"#/experiments/{self.experiment_id}?workflowType=machine_learning"
+
+    def log_params(self, tree: dict) -> dict[str, str]:
+        """Log `tree` (nested or flat) as params without machine paths (`params.portable`);
+        returns them as stored."""
         from mlflow.entities import Param
 
-        for chunk in batches(flatten(tree)):
+        logged = {}
+        for chunk in batches(portable(flatten(tree))):
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk.items()])
+            logged.update(chunk)
+        self.params.update(logged)
+        return logged
 
     def set_tags(self, tags: dict[str, object]) -> None:
         from mlflow.entities import RunTag
@@ -193,6 +207,9 @@ def recorded_run(
                 created = store.client.create_run(experiment_id, run_name=run_name, tags=tags)
                 run_id = created.info.run_id
             run = RecordedRun(store, run_id, experiment_name, experiment_id, secret_values)
+            run.name = (
+                store.client.get_run(run_id).info.run_name if reopen_run_id else run_name
+            ) or ""
             heartbeat = Heartbeat(store, run_id, heartbeat_every_s)
             heartbeat.start()
         yield run

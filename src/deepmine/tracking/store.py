@@ -161,6 +161,7 @@ def _create_sqlite(db: Path) -> None:
             logger.setLevel(logging.WARNING)
         client = MlflowClient(tracking_uri=f"sqlite:///{scratch}")
         client.search_experiments(max_results=1)
+        _retire_mlflow_default(client)
         engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
         if engine is not None:  # release the file before it is renamed (private attribute)
             engine.dispose()
@@ -169,6 +170,21 @@ def _create_sqlite(db: Path) -> None:
         scratch.unlink(missing_ok=True)
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
+
+
+def _retire_mlflow_default(client) -> None:
+    """Soft-delete the empty `Default` experiment (id 0) MLflow puts in every new store.
+
+    Why: beside deepmine's own `default` it looks like a second, empty home for the same runs.
+    Deleting it, rather than renaming it to `default`, because MLflow fixed its artifact
+    location to `<current directory>/mlruns/0` when it made it, and no API moves that: runs
+    there would write into whatever folder the store was created from. Deleted, it is hidden
+    in the UI and `mlflow experiments restore --experiment-id 0` brings it back. Only stores
+    deepmine creates are touched: an existing store's `Default` may hold someone's runs.
+    """
+    found = client.get_experiment_by_name("Default")
+    if found is not None and found.lifecycle_stage == "active":
+        client.delete_experiment(found.experiment_id)
 
 
 def _store_error(tracking_uri: str, exc: Exception) -> DeepmineError:
