@@ -9,13 +9,24 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_VERSION=2.13.0
 
-# 1. The offline public source of Fashion-MNIST (Debian package), used when no DVC remote exists.
-if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+# 1. System packages (Debian), one apt-get update for whatever is missing:
+#    - dataset-fashion-mnist: the offline public source of Fashion-MNIST, used when no DVC
+#      remote exists;
+#    - chromium: the browser tests/test_ui_browser.py drives the MLflow UI with (Playwright
+#      uses it through executable_path: no browser is ever downloaded);
+#    - postgresql: initdb/pg_ctl for the throwaway cluster of tests/test_postgres_server.py
+#      (a team server on PostgreSQL); the service the package may start is not used.
+MISSING=""
+for package in dataset-fashion-mnist chromium postgresql; do
+  dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed' || MISSING="$MISSING $package"
+done
+if [ -n "$MISSING" ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "==> installing dataset-fashion-mnist (apt)"
+  echo "==> installing$MISSING (apt)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  # shellcheck disable=SC2086  # one word per package
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
 fi
 
 # 2. Virtual environment.
