@@ -65,6 +65,8 @@ def test_ui_serves_the_recorded_run(sandbox):
         banner = server.stdout.read().decode()
         assert f"open http://127.0.0.1:{port}" in banner
         assert "only this machine can reach it" in banner
+        experiment = f"#/experiments/{run.info.experiment_id}?workflowType=machine_learning"
+        assert f"runs of 'default'  http://127.0.0.1:{port}/{experiment}" in banner
         _, alive = psutil.wait_procs(tree, timeout=20)
         survivors = [" ".join(p.cmdline()[:4]) for p in alive if _running(p)]
         assert not survivors, f"outlived deepmine ui: {survivors}"

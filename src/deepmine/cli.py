@@ -38,6 +38,15 @@ commands:
   ui [--port N] [--workers N]
                       serve the MLflow UI on the project's tracking store (one uvicorn
                       worker per two cores by default)
+  server --backend-store-uri URI [--artifacts-destination DIR] [--host H] [--port N]
+                      a team's MLflow tracking server on a database (PostgreSQL, or
+                      SQLite), artifacts served through it; clients record into it with
+                      logger.tracking_uri=http://H:N
+  compare [run ids] [--experiment NAME] [--sweep DIR|PARENT_ID] [--filter "..."]
+                      group runs that differ only in seed: n, mean ± std, min/max per
+                      config, the config keys that differ, best vs each group (Welch
+                      t-test, --paired by seed); --format csv|markdown|latex|json
+                      --output FILE, --plots DIR (curves), --log (an MLflow run)
   runs [--tracking-uri URI] [--experiment NAME]
                       list runs; a RUNNING one is alive, dead (its process is gone) or
                       stale (another host, no heartbeat for --stale-after seconds)
@@ -56,9 +65,10 @@ examples:
   deepmine train -m launcher=joblib seed=0,1,2,3          (jobs in parallel)
   deepmine train -m hparams_search=fashion_mnist_optuna   (an Optuna search; resume=true)
   deepmine eval run_id=<mlflow run id>
+  deepmine compare --sweep logs/train/multiruns/<date>/<time> --plots compare/
 """
 
-COMMANDS = ("train", "eval", "data", "reproduce", "ui", "runs")
+COMMANDS = ("train", "eval", "data", "reproduce", "ui", "server", "runs", "compare")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -88,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         return _guarded(lambda: _data(rest))
     if command == "ui":
         return _guarded(lambda: _ui(rest))
+    if command == "server":
+        return _guarded(lambda: _server(rest))
     if command == "reproduce":
         return _guarded(lambda: _reproduce(rest))
     if command == "runs":
         return _guarded(lambda: _runs(rest))
+    if command == "compare":
+        return _guarded(lambda: _compare(rest))
     import difflib
     import shlex
 
@@ -334,6 +348,46 @@ def _ui(args: list[str]) -> int:
     return serve(ns.tracking_uri, host=ns.host, port=ns.port, workers=ns.workers)
 
 
+def _server(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="deepmine server", description="MLflow tracking server on a database"
+    )
+    parser.add_argument(
+        "--backend-store-uri",
+        help="the database that keeps the runs, e.g. postgresql://mlflow@127.0.0.1:5432/mlflow",
+    )
+    parser.add_argument(
+        "--artifacts-destination",
+        help="where artifacts land (default: <project>/mlartifacts/server)",
+    )
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--workers", type=int, help="uvicorn workers (default: one per two cores, at most 4)"
+    )
+    parser.add_argument(
+        "--allowed-hosts", help="Host headers to accept beyond localhost and private IPs"
+    )
+    ns = parser.parse_args(args)
+    from deepmine.errors import DeepmineError
+    from deepmine.tracking.server import serve
+
+    if ns.workers is not None and ns.workers < 1:
+        raise DeepmineError(
+            f"--workers {ns.workers} is not valid", "e.g. `deepmine server --workers 1`"
+        )
+    return serve(
+        ns.backend_store_uri,
+        ns.artifacts_destination,
+        host=ns.host,
+        port=ns.port,
+        workers=ns.workers,
+        allowed_hosts=ns.allowed_hosts,
+    )
+
+
 def _runs(args: list[str]) -> int:
     import argparse
 
@@ -383,6 +437,65 @@ def _runs(args: list[str]) -> int:
         return 0
     print(f"{len(orphans)} RUNNING run(s) without their process; `--fix` marks them KILLED")
     return EXIT_FAILED
+
+
+def _compare(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="deepmine compare",
+        description="compare configurations over seeds: grouped table, significance, curves",
+    )
+    parser.add_argument("run_ids", nargs="*", help="MLflow run ids to compare")
+    parser.add_argument(
+        "--experiment", action="append", default=[], help="every run of an experiment (repeatable)"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        help="a sweep's children: its folder (deepmine-sweep.json) or parent run id (repeatable)",
+    )
+    parser.add_argument("--filter", help="an MLflow search filter, e.g. \"params.seed = '0'\"")
+    parser.add_argument(
+        "--tracking-uri",
+        help="the store (default: MLFLOW_TRACKING_URI, a sweep folder's store, the project's)",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="a metric to compare (repeatable; default: optimized_metric and test/<monitor>)",
+    )
+    parser.add_argument(
+        "--direction", choices=["max", "min"], help="which is better (default: task.mode)"
+    )
+    parser.add_argument("--paired", action="store_true", help="paired t-test over common seeds")
+    parser.add_argument("--format", choices=["csv", "markdown", "latex", "json"])
+    parser.add_argument("--output", help="write the table there (format from --format or suffix)")
+    parser.add_argument("--plots", help="a folder for curves.png and final_metric.png")
+    parser.add_argument("--log", action="store_true", help="record the comparison as an MLflow run")
+    parser.add_argument("--log-experiment", help="with --log: its experiment (default: the runs')")
+    ns = parser.parse_args(args)
+    from deepmine.compare.command import Options, run
+
+    return run(
+        Options(
+            run_ids=ns.run_ids,
+            experiments=ns.experiment,
+            sweeps=ns.sweep,
+            filter_string=ns.filter,
+            tracking_uri=ns.tracking_uri,
+            metrics=ns.metric,
+            direction=ns.direction,
+            paired=ns.paired,
+            format=ns.format,
+            output=ns.output,
+            plots=ns.plots,
+            log=ns.log,
+            log_experiment=ns.log_experiment,
+        )
+    )
 
 
 if __name__ == "__main__":

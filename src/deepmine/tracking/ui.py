@@ -59,6 +59,25 @@ class _Stopped(Exception):
     """A stop signal reached `deepmine ui`."""
 
 
+def _experiments(uri: str, most: int = 5) -> list[tuple[str, str]]:
+    """The store's most recently used experiments, for links that open their runs in the
+    model-training view (MLflow's start page opens in its GenAI view). Never creates a store,
+    never stops the UI from starting."""
+    from pathlib import Path
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    try:
+        from mlflow import MlflowClient
+
+        found = MlflowClient(tracking_uri=uri).search_experiments(
+            max_results=most, order_by=["last_update_time DESC"]
+        )
+    except Exception:
+        return []
+    return [(e.name, e.experiment_id) for e in found]
+
+
 def serve(
     tracking_uri: str | None,
     host: str = "127.0.0.1",
@@ -72,6 +91,9 @@ def serve(
         else f"bound to {host}: anyone who can reach this address can read and change the runs"
     )
     print(f"MLflow UI on {uri}: open http://{host}:{port} ({reach}; Ctrl-C stops it)", flush=True)
+    for name, experiment_id in _experiments(uri):
+        link = f"http://{host}:{port}/#/experiments/{experiment_id}?workflowType=machine_learning"
+        print(f"  runs of '{name}'  {link}", flush=True)
     child = subprocess.Popen(ui_command(uri, host, port, workers), start_new_session=True)
 
     def stop(signum, frame):
