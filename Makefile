@@ -14,7 +14,8 @@ setup:
 run: setup
 	$(BIN)/deepmine train $(ARGS)
 
-test: setup
+test:
+	./scripts/setup.sh --test-tools
 	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 lint:

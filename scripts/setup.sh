@@ -2,8 +2,13 @@
 # Set up deepmine on a fresh machine: system data package, virtual environment, CPU torch,
 # the package with its dev tools, and data/ verified against data.dvc. Idempotent: re-running
 # it only does what is missing.
+#   scripts/setup.sh                 what training needs (`make run`)
+#   scripts/setup.sh --test-tools    and the system packages the tests drive (`make test`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+TEST_TOOLS=false
+[ "${1:-}" = "--test-tools" ] && TEST_TOOLS=true
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -12,12 +17,15 @@ TORCH_VERSION=2.13.0
 # 1. System packages (Debian), one apt-get update for whatever is missing:
 #    - dataset-fashion-mnist: the offline public source of Fashion-MNIST, used when no DVC
 #      remote exists;
-#    - chromium: the browser tests/test_ui_browser.py drives the MLflow UI with (Playwright
-#      uses it through executable_path: no browser is ever downloaded);
-#    - postgresql: initdb/pg_ctl for the throwaway cluster of tests/test_postgres_server.py
-#      (a team server on PostgreSQL); the service the package may start is not used.
+#    - with --test-tools, chromium: the browser tests/test_ui_browser.py drives the MLflow UI
+#      with (Playwright uses it through executable_path: no browser is ever downloaded);
+#    - with --test-tools, postgresql: initdb/pg_ctl for the throwaway cluster of
+#      tests/test_postgres_server.py (a team server on PostgreSQL); the service the package
+#      may start is not used.
+PACKAGES="dataset-fashion-mnist"
+[ "$TEST_TOOLS" = true ] && PACKAGES="$PACKAGES chromium postgresql"
 MISSING=""
-for package in dataset-fashion-mnist chromium postgresql; do
+for package in $PACKAGES; do
   dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed' || MISSING="$MISSING $package"
 done
 if [ -n "$MISSING" ]; then
