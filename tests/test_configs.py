@@ -232,6 +232,18 @@ def test_optimizer_and_scheduler_complete_in_configure_optimizers(tmp_path, opti
         assert sched.T_max == cfg.trainer.max_epochs
 
 
+@pytest.mark.parametrize("scheduler", ["none", "cosine"])
+def test_the_lr_monitor_runs_only_when_a_scheduler_changes_the_rate(tmp_path, scheduler):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from deepmine.build import build_callbacks
+
+    callbacks = build_callbacks(compose_cfg(tmp_path, f"scheduler={scheduler}"))
+    monitors = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+    assert len(monitors) == (scheduler != "none")
+    assert len(callbacks) >= 6  # the other callbacks stay
+
+
 def test_task_loss_is_configurable(tmp_path):
     task = build_task(compose_cfg(tmp_path, "task.loss.label_smoothing=0.1"))
     assert task.loss_fn.label_smoothing == pytest.approx(0.1)

@@ -52,9 +52,15 @@ def build_task(cfg: DictConfig):
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """Callbacks are keyed by name in conf/callbacks/ so any one can be nulled."""
-    callbacks = (cfg.get("callbacks") or {}).values()
-    return [checked_instantiate(c) for c in callbacks if c is not None]
+    """Callbacks are keyed by name in conf/callbacks/ so any one can be nulled.
+
+    The learning-rate monitor runs only with a scheduler: without one the rate is the param
+    `optimizer.lr`, and a constant `lr-<Optimizer>` curve would lead every run's metric list
+    (and the UI's default parallel-coordinates plot) with nothing to see."""
+    callbacks = dict(cfg.get("callbacks") or {})
+    if cfg.get("scheduler") is None:
+        callbacks.pop("lr_monitor", None)
+    return [checked_instantiate(c) for c in callbacks.values() if c is not None]
 
 
 def check_pairing(cfg: DictConfig) -> None:
