@@ -112,7 +112,10 @@ def test_model_registered_under_the_name(native):
     (version,) = box.client().search_model_versions(f"name='{MODEL_NAME}'")
     assert version.run_id == run.info.run_id and str(version.version) == "1"
     (output,) = run.outputs.model_outputs
-    assert version.source == box.client().get_logged_model(output.model_id).artifact_location
+    logged = box.client().get_logged_model(output.model_id)
+    assert version.source == logged.artifact_location
+    # the UI's logged-models table links the registry through this tag
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": MODEL_NAME, "version": 1}]
     assert run.data.tags["deepmine.model.registered"] == f"{MODEL_NAME}/1"
     assert f"runs:/{run.info.run_id}/model (registered as '{MODEL_NAME}' version 1)" in proc.stdout
     # +register is logger.register: a record of how the run was kept, not of its config

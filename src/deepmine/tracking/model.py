@@ -115,6 +115,15 @@ def _register(run, logged, name: str) -> str:
     version = client.create_model_version(
         name, source=logged.artifact_location, run_id=run.run_id, model_id=logged.model_id
     )
+    # what `mlflow.register_model` adds after creating the version: the logged model lists its
+    # versions in a tag, from which the UI's logged-models table links the registry
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    listed = client.get_logged_model(logged.model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    versions = [*json.loads(listed or "[]"), {"name": name, "version": version.version}]
+    client.set_logged_model_tags(logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
     registered = f"{name}/{version.version}"
     run.set_tags({REGISTERED_TAG: registered})
     return registered
