@@ -38,9 +38,11 @@ class StopOnNonFiniteLoss(pl.Callback):
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
         self._loss_sum: torch.Tensor | None = None
+        self._block = 0  # global_step // check_every_n_steps at the last check
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._loss_sum = None
+        self._block = trainer.global_step // self.check_every_n_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -50,7 +52,11 @@ class StopOnNonFiniteLoss(pl.Callback):
             self._loss_sum = loss.detach().sum().clone()
         else:
             self._loss_sum.add_(loss.detach().sum())
-        if trainer.global_step % self.check_every_n_steps == 0:
+        # every time global_step reaches a multiple (it moves k steps at once under
+        # task.steps_per_call=k)
+        block = trainer.global_step // self.check_every_n_steps
+        if block != self._block:
+            self._block = block
             self._check(f"at or before step {trainer.global_step}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -118,4 +124,5 @@ class EpochTimer(pl.Callback):
             return
         seconds = time.perf_counter() - self._start
         self.epoch_seconds.append(seconds)
-        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)
+        # batch_size=1: logged as it is (and required under task.steps_per_call > 1)
+        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True, batch_size=1)

@@ -17,7 +17,8 @@ subclasses `Task` and provides:
 
 The base owns the rest: optimizer/scheduler completion, the hot training step (one loss, one
 state update, a running loss sum; `train/loss` only on the steps the logger writes),
-validation and test loops, `val/<monitor>_best`, and keeping that best across a resume.
+validation and test loops, `val/<monitor>_best`, and keeping that best across a resume, and
+`task.steps_per_call` (k optimizer steps per Lightning step, see `_init_steps_per_call`).
 
 Why the on-device sums: on the seed MLP at batch 32 (0.32 ms a step by hand) one `self.log`
 call cost about 0.5 ms in Lightning 2.6 (each call moves its whole result entry to the device
@@ -31,6 +32,7 @@ the task config by interpolation, so a regression run keeps its lowest RMSE, not
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -60,8 +62,12 @@ class Task(pl.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         monitor: str = "acc",
         mode: str = "max",
+        steps_per_call: int = 1,
+        gradient_clip_val: float | None = None,
+        accumulate_grad_batches: int = 1,
     ):
         super().__init__()
+        self._init_steps_per_call(steps_per_call, gradient_clip_val, accumulate_grad_batches)
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -206,8 +212,107 @@ class Task(pl.LightningModule):
         self.train_samples.add_(len(y))
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # the steps Lightning's logger connector writes; logging on the others is discarded
-            self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
+            if self.steps_per_call == 1:
+                self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
+            else:
+                self._log_inner_step(detached)
         return loss
+
+    # --- k optimizer steps per Lightning step (task.steps_per_call) -------------------------
+
+    def _init_steps_per_call(
+        self, steps_per_call: int, gradient_clip_val: float | None, accumulate_grad_batches: int
+    ) -> None:
+        """With `steps_per_call` k > 1 one Lightning training step pulls k batches from the
+        loader itself (Lightning's `dataloader_iter` step) and runs k optimizer steps on them
+        with manual optimization, so Lightning's per-step work (its loop, progress tracking,
+        the logger connector, and of its hook dispatches 3 of the 6 callback hooks, each called
+        on every callback, and 6 of the 11 LightningModule hooks) is paid once per k optimizer
+        steps. The backward and optimizer-step hooks stay per step: manual optimization
+        dispatches them too (see BENCHMARKS.md for what that leaves).
+
+        What keeps it exact: each batch goes through the same transfer hooks (augmentation
+        included), the same `training_step` and the same zero_grad/backward/step as Lightning's
+        automatic optimization; `global_step` counts optimizer steps either way; the logger's
+        step counter advances once per batch, so `train/loss` and the epoch metrics are logged
+        at the same steps with the same values; epoch-interval schedulers step where Lightning
+        would step them. Lightning refuses gradient clipping and accumulation under manual
+        optimization, so those are refused here, before any run opens."""
+        if steps_per_call < 1:
+            raise DeepmineError(
+                f"task.steps_per_call={steps_per_call} is not a positive number of steps",
+                "use task.steps_per_call=1 (Lightning's own loop) or more, e.g. 8",
+            )
+        self.steps_per_call = int(steps_per_call)
+        if self.steps_per_call == 1:
+            return
+        for name, value, neutral in (
+            ("gradient_clip_val", gradient_clip_val or None, None),
+            ("accumulate_grad_batches", accumulate_grad_batches, 1),
+        ):
+            if value != neutral:
+                raise DeepmineError(
+                    f"task.steps_per_call={steps_per_call} runs Lightning's manual "
+                    f"optimization, which does not support trainer.{name}={value}",
+                    f"drop trainer.{name} or use task.steps_per_call=1",
+                )
+        self.automatic_optimization = False
+        # Lightning calls this step signature experimental; tests/test_steps_per_call.py pins
+        # what deepmine relies on (same weights and metrics as Lightning's own loop)
+        warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument")
+        # Lightning picks the iterator-fed step by the signature of `training_step`; the
+        # subclass's own `training_step` (one batch) stays what each inner step runs.
+        self._one_step = self.training_step
+        object.__setattr__(self, "training_step", self._steps_per_call_step)
+
+    def _steps_per_call_step(self, dataloader_iter) -> torch.Tensor | None:
+        """Up to `steps_per_call` batches from the loader, one optimizer step each."""
+        trainer = self.trainer
+        epoch_loop = trainer.fit_loop.epoch_loop
+        optimizer = self.optimizers()
+        loss_sum = None
+        for inner in range(self.steps_per_call):
+            if 0 <= trainer.max_steps <= self.global_step:
+                break
+            try:
+                batch, batch_idx, _ = next(dataloader_iter)
+            except StopIteration:
+                break
+            if inner:  # Lightning advances the logger's step once, after the whole call
+                epoch_loop._batches_that_stepped += 1
+            batch = trainer.precision_plugin.convert_input(batch)
+            batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+            loss = self._one_step(batch, batch_idx)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        if dataloader_iter.done:
+            self._step_epoch_schedulers()
+        return loss_sum
+
+    def _log_inner_step(self, loss: torch.Tensor) -> None:
+        """`train/loss` of an inner step, written to the loggers at this optimizer step as
+        Lightning's logger connector writes it with one step per batch (`self.log` keeps only
+        the last value of a Lightning step); shown in the progress bar too."""
+        self.trainer._logger_connector.log_metrics({"train/loss": loss})
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            logger=False,
+            batch_size=1,
+        )
+
+    def _step_epoch_schedulers(self) -> None:
+        """What Lightning's loop does for epoch-interval schedulers after an epoch's last batch
+        under automatic optimization (under manual optimization it leaves them to the task)."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
+                config.scheduler.step()
 
     def on_train_epoch_end(self) -> None:
         """`train/loss_epoch` (sample-weighted mean) and the task's training scores, summed
@@ -218,9 +323,12 @@ class Task(pl.LightningModule):
             state = {name: self.all_gather(value).sum(0) for name, value in state.items()}
             loss_sum = self.all_gather(loss_sum).sum()
             samples = self.all_gather(samples).sum()
-        self.log("train/loss_epoch", loss_sum / samples.clamp_min(1))
+        # batch_size=1: one value an epoch, logged as it is (Lightning would weight it by the
+        # last batch's size, and with task.steps_per_call > 1 asks for a size)
+        self.log("train/loss_epoch", loss_sum / samples.clamp_min(1), batch_size=1)
         state["samples"] = samples
-        self.log_dict({f"train/{k}": v for k, v in self.train_scores(state).items()})
+        scores = self.train_scores(state)
+        self.log_dict({f"train/{k}": v for k, v in scores.items()}, batch_size=1)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch

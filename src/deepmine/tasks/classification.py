@@ -86,9 +86,10 @@ class ClassificationTask(Task):
         val_attack_step_size: float | None = None,
         val_attack_samples: int = 500,
         input_shape: list[int] | None = None,
+        **steps,
     ):
         self.num_classes = num_classes  # make_metrics, called by the base, needs it
-        super().__init__(net, optimizer, scheduler, monitor, mode)
+        super().__init__(net, optimizer, scheduler, monitor, mode, **steps)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_confusion: torch.Tensor | None = None

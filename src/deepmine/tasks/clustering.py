@@ -67,8 +67,9 @@ class ClusteringTask(Task):
         dec: dict | None = None,
         latent_map: str = "pca",
         seed: int = 0,
+        **steps,
     ):
-        super().__init__(net, optimizer, scheduler, monitor, mode)
+        super().__init__(net, optimizer, scheduler, monitor, mode, **steps)
         if not all(callable(getattr(net, name, None)) for name in ("encode", "decode")):
             raise DeepmineError(
                 f"task=clustering needs a net with codes (an autoencoder); {type(net).__name__} "

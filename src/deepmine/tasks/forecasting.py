@@ -60,6 +60,7 @@ class ForecastingTask(ScaledTargetsTask):
         level: str = "last",
         monitor: str = "mase",
         mode: str = "min",
+        **steps,
     ):
         if level not in LEVELS:
             raise DeepmineError(
@@ -68,7 +69,15 @@ class ForecastingTask(ScaledTargetsTask):
         self.horizon = horizon
         self.level = level
         super().__init__(
-            net, num_targets, optimizer, scheduler, loss, huber_delta, monitor=monitor, mode=mode
+            net,
+            num_targets,
+            optimizer,
+            scheduler,
+            loss,
+            huber_delta,
+            monitor=monitor,
+            mode=mode,
+            **steps,
         )
         # MASE's scale (one-step naive MAE of the training part, per target): set from the data
         # when fitting, kept in the checkpoint for a later evaluation

@@ -40,13 +40,14 @@ class ScaledTargetsTask(Task):
         huber_delta: float = 1.0,
         monitor: str = "rmse",
         mode: str = "min",
+        **steps,
     ):
         if loss not in LOSSES:
             raise DeepmineError(
                 f"task.loss={loss} is not one of {', '.join(LOSSES)}", "e.g. task.loss=huber"
             )
         self.num_targets = num_targets  # make_metrics, called by the base, may need it
-        super().__init__(net, optimizer, scheduler, monitor, mode)
+        super().__init__(net, optimizer, scheduler, monitor, mode, **steps)
         self.loss_name = loss
         self.loss_fn = LOSSES[loss](huber_delta)
         self.register_buffer("target_mean", torch.zeros(num_targets))

@@ -1,0 +1,104 @@
+"""Lightning's per-step tax and `task.steps_per_call`: epoch time of the hand-written loop, of
+`deepmine train` as it is (k=1), with `task.steps_per_call=k`, and (`--callbacks`) with the
+per-step default callbacks switched off, interleaved in one process, as ratios of medians to
+the hand-written loop (see common.py for what an "epoch" is on each side).
+
+    python benchmarks/steps_per_call.py --net seed_mlp --batch-size 32 --callbacks
+    python benchmarks/steps_per_call.py --net cnn --batch-size 128 --epochs 2 --rounds 2
+    OMP_NUM_THREADS=1 python benchmarks/steps_per_call.py ... --clock cpu   # a busy machine
+
+The `--callbacks` variant nulls the default callbacks that run code on every training step
+(finite_loss: a device-side sum; progress_bar: rich, every 10 steps) and rng_state (no per-step
+code, but Lightning calls every hook of every callback on every step); what remains
+(model_checkpoint, early_stopping, epoch_timer) the run needs for its record and for
+`time/epoch_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import deepmine_run, hand_written_epochs, median, save, temp_store
+
+FEWER_CALLBACKS = ["callbacks.finite_loss=null", "callbacks.progress_bar=null"]
+FEWER_CALLBACKS.append("callbacks.rng_state=null")
+
+
+def use_cpu_clock() -> None:
+    """Both sides' epoch timers (the hand-written loop's and deepmine's `EpochTimer`) read this
+    process's CPU time instead of the wall clock: on a 2-core machine that other jobs keep busy,
+    wall time measures the queue for the cores, CPU time the work (run with
+    OMP_NUM_THREADS=1, so that the work is one thread's). Patched in those two modules only."""
+    import time
+    from types import SimpleNamespace
+
+    import common
+
+    import deepmine.callbacks
+
+    clock = SimpleNamespace(perf_counter=time.process_time)
+    common.time = deepmine.callbacks.time = clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default="seed_mlp", choices=["seed_mlp", "cnn"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--k", type=int, default=8, help="task.steps_per_call of the k run")
+    parser.add_argument("--callbacks", action="store_true", help="also run k=1, fewer callbacks")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: time epochs in this process's CPU time (for a machine others are loading)",
+    )
+    args = parser.parse_args()
+    if args.clock == "cpu":
+        use_cpu_clock()
+    store = temp_store()
+    base = [
+        f"net={args.net}",
+        f"data.batch_size={args.batch_size}",
+        f"trainer.max_epochs={args.epochs}",
+        "logger=mlflow",
+    ]
+    variants = {"k=1": base, f"k={args.k}": [*base, f"task.steps_per_call={args.k}"]}
+    if args.callbacks:
+        variants["k=1, fewer callbacks"] = [*base, *FEWER_CALLBACKS]
+        variants[f"k={args.k}, fewer callbacks"] = [*variants[f"k={args.k}"], *FEWER_CALLBACKS]
+    epochs: dict[str, list[float]] = {"hand-written": [], **{name: [] for name in variants}}
+    for round_ in range(args.rounds):
+        epochs["hand-written"] += hand_written_epochs(
+            args.net, args.batch_size, args.epochs, seed=round_
+        )
+        for name, overrides in variants.items():
+            epochs[name] += deepmine_run([*overrides, f"seed={round_}"], store)["epoch_seconds"]
+        print(
+            f"round {round_}: " + ", ".join(f"{n} {v[-args.epochs :]}" for n, v in epochs.items())
+        )
+    medians = {name: median(values) for name, values in epochs.items()}
+    hand = medians["hand-written"]
+    for name, value in medians.items():
+        print(
+            f"{args.net} batch {args.batch_size} {name:24s} {value:.3f} s/epoch  {value / hand:.3f}"
+        )
+    save(
+        f"steps_per_call_{args.net}_b{args.batch_size}_{args.clock}",
+        {
+            "epoch_s": epochs,
+            "median_s": medians,
+            "ratio": {name: value / hand for name, value in medians.items()},
+            "overrides": variants,
+            "clock": args.clock,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

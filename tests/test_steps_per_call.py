@@ -1,0 +1,103 @@
+"""`task.steps_per_call=k`: k optimizer steps inside one Lightning step train the same net as
+Lightning's own loop, bit for bit, and log the same metrics at the same steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import Sandbox, one_line_error
+
+# 3 epochs of digits at batch 32 (39 batches, not a multiple of 8: the last call of an epoch
+# runs 7 steps); the learning rate drops every epoch (the scheduler must step where Lightning
+# steps it); train/loss every 3 steps (logging steps fall inside the calls).
+CONFIG = (
+    "data=digits",
+    "data.batch_size=32",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=3",
+    "scheduler=step",
+    "scheduler.step_size=1",
+    "scheduler.gamma=0.5",
+    "print_config=false",
+)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same seed trained with k=1 (Lightning's loop) and k=8: `{k: (sandbox, run)}`."""
+    runs = {}
+    for k in (1, 8):
+        box = Sandbox(tmp_path_factory.mktemp(f"k{k}"))
+        proc = box.train(*CONFIG, f"task.steps_per_call={k}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (run,) = box.runs()
+        runs[k] = box, run
+    return runs
+
+
+def _last_checkpoint(box: Sandbox) -> dict:
+    (path,) = box.logs.glob("train/runs/*/*/checkpoints/last.ckpt")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_same_weights_bit_for_bit(two_runs):
+    one, eight = (_last_checkpoint(box) for box, _ in (two_runs[1], two_runs[8]))
+    assert one["state_dict"].keys() == eight["state_dict"].keys()
+    for name, tensor in one["state_dict"].items():
+        assert torch.equal(tensor, eight["state_dict"][name]), name
+    # the global step counts optimizer steps, and the learning rate was decayed as often
+    assert one["global_step"] == eight["global_step"] == 3 * 39
+    lrs = [[g["lr"] for g in c["optimizer_states"][0]["param_groups"]] for c in (one, eight)]
+    assert lrs[0] == lrs[1]
+
+
+def test_same_metrics_at_the_same_steps(two_runs):
+    (box1, run1), (box8, run8) = two_runs[1], two_runs[8]
+    keys = {k for k in run1.data.metrics if not k.startswith("time/")}  # wall times differ
+    assert keys == {k for k in run8.data.metrics if not k.startswith("time/")}
+    assert "train/loss" in keys and "val/acc" in keys and "lr-Adam" in keys
+    for key in sorted(keys):
+
+        def history(box, run, key=key):
+            found = box.client().get_metric_history(run.info.run_id, key)
+            return sorted((m.step, m.value) for m in found)
+
+        assert history(box1, run1) == history(box8, run8), key
+    losses = box1.client().get_metric_history(run1.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(2, 3 * 39, 3))
+
+
+@pytest.mark.parametrize(
+    ("option", "refused"),
+    [
+        ("+trainer.gradient_clip_val=1.0", "gradient_clip_val"),
+        ("+trainer.accumulate_grad_batches=2", "accumulate_grad_batches"),
+    ],
+)
+def test_refuses_what_manual_optimization_cannot_do(sandbox, option, refused):
+    proc = sandbox.train("debug=fast", "data=digits", "task.steps_per_call=4", option)
+    assert proc.returncode == 2
+    assert refused in one_line_error(proc)
+    assert sandbox.runs() == []  # refused before any run opened
+
+
+def test_the_nan_check_keeps_its_interval_when_steps_jump_by_k():
+    """`callbacks.finite_loss` reads its device-side sum each time global_step passes a
+    multiple of check_every_n_steps, also when global_step moves 8 steps per Lightning step."""
+    from types import SimpleNamespace
+
+    from deepmine.callbacks import NonFiniteLoss, StopOnNonFiniteLoss
+
+    guard = StopOnNonFiniteLoss(check_every_n_steps=50)
+    trainer = SimpleNamespace(global_step=0)
+    guard.on_train_epoch_start(trainer, None)
+    checked_at = None
+    for step in range(8, 200, 8):
+        trainer.global_step = step
+        try:
+            guard.on_train_batch_end(trainer, None, torch.tensor(float("nan")), None, 0)
+        except NonFiniteLoss:
+            checked_at = step
+            break
+    assert checked_at == 56  # the first call past step 50, not step 200 (lcm of 8 and 50)
