@@ -220,11 +220,12 @@ def _data(args: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="deepmine data", description="DVC-versioned data/")
-    parser.add_argument("action", choices=["pull", "status", "add", "export-images"])
+    parser.add_argument("action", choices=["pull", "status", "add", "export-images", "synth"])
     parser.add_argument(
         "args",
         nargs="*",
-        help="add: <folder>; export-images: <data config> <out dir> [data.key=value ...]",
+        help="add: <folder>; export-images: <data config> <out dir> [data.key=value ...]; "
+        "synth: fashion_mnist",
     )
     parser.add_argument("--root", help="project root (default: this checkout)")
     parser.add_argument(
@@ -233,6 +234,9 @@ def _data(args: list[str]) -> int:
         help="pull: overwrite local changes in data/; add: replace data/NAME",
     )
     parser.add_argument("--name", help="add: the folder's name under data/ (default: its own)")
+    parser.add_argument(
+        "--scale", type=int, default=4, help="synth: how many times the training split (default 4)"
+    )
     parser.add_argument("--split", default="test", help="export-images: train, val or test")
     parser.add_argument(
         "--per-class", type=int, help="export-images: at most this many images per class"
@@ -244,7 +248,13 @@ def _data(args: list[str]) -> int:
     from deepmine.errors import DeepmineError
     from deepmine.project import project_root
 
-    needed = {"pull": (0, 0), "status": (0, 0), "add": (1, 1), "export-images": (2, None)}
+    needed = {
+        "pull": (0, 0),
+        "status": (0, 0),
+        "add": (1, 1),
+        "export-images": (2, None),
+        "synth": (1, 1),
+    }
     low, high = needed[ns.action]
     if len(ns.args) < low or (high is not None and len(ns.args) > high):
         usage = {
@@ -252,6 +262,7 @@ def _data(args: list[str]) -> int:
             "status": "deepmine data status",
             "add": "deepmine data add <folder> [--name NAME]",
             "export-images": "deepmine data export-images <data config> <out dir>",
+            "synth": "deepmine data synth fashion_mnist --scale N [--name NAME]",
         }[ns.action]
         raise DeepmineError(f"data {ns.action} got arguments {ns.args}", f"run it as `{usage}`")
     if ns.action == "export-images":
@@ -268,6 +279,11 @@ def _data(args: list[str]) -> int:
     root = Path(ns.root).resolve() if ns.root else project_root()
     if ns.action == "add":
         print(version.add_folder(root, Path(ns.args[0]), ns.name, force=ns.force))
+        return 0
+    if ns.action == "synth":
+        from deepmine.data.synth import synth
+
+        print(synth(root, ns.args[0], ns.scale, ns.name, force=ns.force))
         return 0
     if ns.action == "pull":
         print(version.pull(root, force=ns.force))

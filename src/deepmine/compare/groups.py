@@ -46,6 +46,7 @@ RUN_SPECIFIC = (
     "callbacks.model_checkpoint.dirpath",
     "callbacks.progress_bar.*",
     "data.cache_dir",
+    "data.storage",  # memory or memory-mapped: the same batches bit for bit
 )
 
 

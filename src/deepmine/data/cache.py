@@ -7,6 +7,10 @@ DVC before a run starts), so `deepmine data pull` or any edit of data/ writes fi
 key and a stale entry is never read. Files
 are written to a temporary name and renamed into place, so a run killed while writing leaves no
 half-written entry. The cache lives outside the DVC-tracked `data/` folder.
+
+With `mmap=True` (`data.storage=mmap`) the entry's files are opened as read-only memory maps
+(`np.load(mmap_mode="r")`) instead of read: a set larger than memory is paged in batch by batch.
+A freshly decoded entry is written first and then mapped, so the decoded copy is freed on return.
 """
 
 from __future__ import annotations
@@ -33,16 +37,23 @@ def cached_arrays(
     key: str,
     names: tuple[str, ...],
     decode: Callable[[], dict[str, np.ndarray]],
+    mmap: bool = False,
 ) -> dict[str, np.ndarray]:
     """The arrays `names`, from `directory/key/` if present there, else from `decode()` (and
-    then stored there). `directory=None` switches the cache off."""
+    then stored there). `directory=None` switches the cache off. `mmap`: the stored files are
+    returned as read-only memory maps (arrays decoded but not stored stay in memory)."""
     if directory is None:
         return decode()
     entry = Path(directory) / key
     files = {name: entry / f"{name}.npy" for name in names}
+    mode = "r" if mmap else None
+
+    def stored() -> dict[str, np.ndarray]:
+        return {name: np.load(f, mmap_mode=mode, allow_pickle=False) for name, f in files.items()}
+
     if all(f.is_file() for f in files.values()):
         try:
-            return {name: np.load(f, allow_pickle=False) for name, f in files.items()}
+            return stored()
         except (OSError, ValueError):
             pass  # unreadable entry: decode again and overwrite it
     arrays = decode()
@@ -53,5 +64,5 @@ def cached_arrays(
                 np.save(tmp, arrays[name], allow_pickle=False)
             os.replace(tmp.name, path)
     except OSError:
-        pass  # a read-only or full disk costs speed, not the run
-    return arrays
+        return arrays  # a read-only or full disk costs speed, not the run
+    return stored() if mmap else arrays

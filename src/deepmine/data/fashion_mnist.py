@@ -56,6 +56,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
             f"fashion_mnist-{cache_key(sources)}",
             tuple(FILES),
             lambda: {name: read_idx(self.data_dir / file) for name, file in FILES.items()},
+            mmap=self.mmap_wanted,
         )
         for split in ("train", "test"):
             if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):

@@ -69,6 +69,8 @@ class TensorDataModule(pl.LightningDataModule):
         training normalizes batch by batch."""
         self.setup()
         x, y = self.tensors[split]
+        if not isinstance(x, torch.Tensor):
+            x = x[:]  # memory-mapped rows (data.storage=mmap): read the whole split
         return (self.transform(x) if self.transform is not None else x), y
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:

@@ -33,7 +33,15 @@ from pathlib import Path
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 #: data config keys that do not change which rows a split holds or what they contain
-NOT_SPLIT_KEYS = ("batch_size", "eval_batch_size", "shuffle_seed", "augment", "cache_dir")
+# `storage`: memory or memory-mapped, the same rows bit for bit
+NOT_SPLIT_KEYS = (
+    "batch_size",
+    "eval_batch_size",
+    "shuffle_seed",
+    "augment",
+    "cache_dir",
+    "storage",
+)
 
 #: the tags of a file or folder outside data/ (`train._user_file`, `_user_folder`): path, hash
 USER_DATA_TAGS = (
