@@ -260,6 +260,9 @@ class Task(pl.LightningModule):
         # Lightning calls this step signature experimental; tests/test_steps_per_call.py pins
         # what deepmine relies on (same weights and metrics as Lightning's own loop)
         warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument")
+        # its "batch_idx will not match" caveat does not apply: each inner batch passes the
+        # transfer hooks with its own index (`_steps_per_call_step`)
+        warnings.filterwarnings("ignore", message="You are using the `dataloader_iter` step")
         # Lightning picks the iterator-fed step by the signature of `training_step`; the
         # subclass's own `training_step` (one batch) stays what each inner step runs.
         self._one_step = self.training_step
