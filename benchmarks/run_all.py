@@ -1,8 +1,11 @@
 # ruff: noqa: E501  (Markdown table rows)
 """Run every benchmark, one after another (never two at once: they time this machine), then
-rewrite the results section of BENCHMARKS.md from benchmarks/results/*.json.
+rewrite the generated blocks of BENCHMARKS.md from benchmarks/results/*.json: the results
+section and the cost curve. A block whose results files are not all there is left as it is (a
+partial or fresh checkout must not wipe published numbers); the text around the blocks is
+written by hand and never touched.
 
-    python benchmarks/run_all.py            # all (about 25 minutes on 2 cores)
+    python benchmarks/run_all.py            # all (about 40 minutes on 2 cores)
     python benchmarks/run_all.py --render   # only rewrite BENCHMARKS.md from saved results
 """
 
@@ -18,8 +21,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+sys.path.insert(0, str(HERE))
 
+from scale import table as scale_table  # noqa: E402
+
+RESULTS_FILES = [
+    "epoch_time_seed_mlp_b32_mlflow", "epoch_time_cnn_b128_mlflow", "lightning_floor",
+    "logging_overhead_seed_mlp_b32", "first_step", "memory", "speedrun", "sweep_overhead",
+]  # fmt: skip
+COST_CURVE_FILES = [
+    "cost_curve_batch", "scale", "cost_curve_sweep", "cost_curve_ddp",
+    "steps_per_call_seed_mlp_b32_wall",
+]  # fmt: skip
+
+# fmt: off
 BENCHMARKS = [
     ["epoch_time.py", "--net", "seed_mlp", "--batch-size", "32", "--epochs", "3", "--rounds", "3"],
     ["epoch_time.py", "--net", "cnn", "--batch-size", "128", "--epochs", "2", "--rounds", "2"],
@@ -29,7 +44,11 @@ BENCHMARKS = [
     ["memory.py"],
     ["speedrun.py", "--seeds", "0", "1"],
     ["sweep_overhead.py"],
+    ["cost_curve.py"],
+    ["scale.py"],
+    ["steps_per_call.py", "--net", "seed_mlp", "--batch-size", "32", "--epochs", "2", "--rounds", "3", "--callbacks", "--clock", "wall"],
 ]
+# fmt: on
 
 
 def load(name: str) -> dict | None:
@@ -133,12 +152,73 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def write(text: str) -> None:
+def render_cost_curve() -> str:
+    """The cost curve: epoch time against batch size and dataset size, sweep wall time against
+    jobs, DDP against one process, and Lightning's per-step tax with `task.steps_per_call`."""
+    lines = []
+    r = load("cost_curve_batch")
+    lines += [f"#### Epoch time vs batch size (seed_mlp, Fashion-MNIST, {r['rounds']} rounds × {r['epochs']} epochs, medians)", "",
+              "| batch | steps / epoch | hand-written | deepmine (logger=mlflow) | ratio |", "|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for p in r["points"]:
+        lines.append(
+            f"| {p['batch_size']} | {-(-54_000 // p['batch_size']):,} | {p['median_hand_written_s']:.3f} s "
+            f"| {p['median_deepmine_s']:.3f} s | **{p['ratio']:.2f}** |"
+        )
+    lines += ["", f"Command: `{r['command']}`.", ""]
+    r = load("scale")
+    lines += [f"#### Epoch time vs dataset size ({r['net']}, batch {r['batch_size']}, second epoch of 2)", "",
+              scale_table(r["points"]), "", f"Command: `{r['command']}`.", ""]  # fmt: skip
+    r = load("cost_curve_sweep")
+    overrides = r["points"][0]["overrides"]
+    lines += [f"#### Sweep wall time vs jobs (`deepmine train -m {' '.join(overrides[:2])} seed=0,...`, one process per sweep, start-up included)", "",
+              "| jobs | sequential: wall | per job | joblib, 2 workers: wall | per job | training (fit), sum of jobs: sequential / joblib |",
+              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    by_jobs: dict[int, dict] = {}
+    for p in r["points"]:
+        by_jobs.setdefault(p["jobs"], {})[p["mode"]] = p
+    for jobs, modes in by_jobs.items():
+        seq, par = modes["sequential"], modes["joblib, 2 workers"]
+        lines.append(
+            f"| {jobs} | {seq['wall_s']:.1f} s | **{seq['per_job_s']:.2f} s** | {par['wall_s']:.1f} s "
+            f"| **{par['per_job_s']:.2f} s** | {sum(seq['fit_s']):.1f} s / {sum(par['fit_s']):.1f} s |"
+        )
+    lines += ["", f"Command: `{r['command']}`.", ""]
+    r = load("cost_curve_ddp")
+    lines += ["#### DDP, 2 CPU processes vs 1 (one epoch of Fashion-MNIST, batch size per process)", "",
+              "| net, batch | run | epoch (rank 0) | samples / s | vs 1 process, 2 threads | `trainer.fit` (rank 0) | test/acc |",
+              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    base = {p["net"]: p["samples_per_s"] for p in r["points"] if p["run"] == "1 process, 2 threads"}
+    for p in r["points"]:
+        acc = f"{p['test_acc']:.4f}" if p.get("test_acc") is not None else ""
+        lines.append(
+            f"| {p['net']}, {p['batch_size']} | {p['run']} | {p['epoch_s']:.2f} s | {p['samples_per_s']:,.0f} "
+            f"| **{p['samples_per_s'] / base[p['net']]:.2f}** | {p['fit_s']:.1f} s | {acc} |"
+        )
+    lines += ["", f"Command: `{r['command']}`.", ""]
+    r = load("steps_per_call_seed_mlp_b32_wall")
+    names = list(r["median_s"])
+    lines += ["#### Lightning's per-step tax: `task.steps_per_call` (seed_mlp, batch 32, wall clock, medians)", "",
+              "| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+              "| " + " | ".join(f"{r['median_s'][n]:.3f} s ({r['ratio'][n]:.2f})" for n in names) + " |",
+              "", f"Command: `{r['command']}`.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+BLOCKS = {  # marker name: (renderer, the results files it reads)
+    "results": (render, RESULTS_FILES),
+    "cost-curve": (render_cost_curve, COST_CURVE_FILES),
+}
+
+
+def write(name: str, text: str) -> None:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     path = ROOT / "BENCHMARKS.md"
-    current = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    head, rest = current.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    current = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if begin not in current:
+        current += f"\n{begin}\n{end}\n"
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
@@ -150,8 +230,13 @@ def main() -> None:
             print(f"== {' '.join(benchmark)}", flush=True)
             subprocess.run([sys.executable, str(HERE / benchmark[0]), *benchmark[1:]], check=True,
                            cwd=ROOT)  # fmt: skip
-    write(render())
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    for name, (renderer, files) in BLOCKS.items():
+        missing = [f for f in files if not (RESULTS / f"{f}.json").is_file()]
+        if missing:
+            print(f"kept the {name} block of BENCHMARKS.md as it is: no results for {missing}")
+            continue
+        write(name, renderer())
+        print(f"wrote the {name} block of {ROOT / 'BENCHMARKS.md'}")
 
 
 if __name__ == "__main__":
