@@ -16,16 +16,14 @@ A password in the database URI is never printed; a password kept out of the URI 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from deepmine.errors import DeepmineError
 from deepmine.secrets import MASK, mask_values
-from deepmine.tracking.ui import default_workers, stop_group
+from deepmine.tracking.ui import default_workers, run_group
 
 #: seconds to wait for the database to answer before it is reported unreachable
 CONNECT_TIMEOUT_S = 5
@@ -227,10 +225,6 @@ def password_to_env(uri: str) -> tuple[str, dict[str, str]]:
     return bare, {"PGPASSWORD": str(url.password)}
 
 
-class _Stopped(Exception):
-    """A stop signal reached `deepmine server`."""
-
-
 def serve(
     backend_store_uri: str | None,
     artifacts_destination: str | None = None,
@@ -262,17 +256,4 @@ def serve(
     )
     bare, secret_env = password_to_env(uri)
     command = server_command(bare, destination, host, port, workers, allowed_hosts)
-    child = subprocess.Popen(command, env={**os.environ, **secret_env}, start_new_session=True)
-
-    def stop(signum, frame):
-        raise _Stopped
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        return child.wait()
-    except (_Stopped, KeyboardInterrupt):
-        return 0
-    finally:
-        stop_group(child)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return run_group(command, env={**os.environ, **secret_env})

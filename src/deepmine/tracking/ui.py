@@ -94,7 +94,14 @@ def serve(
     for name, experiment_id in _experiments(uri):
         link = f"http://{host}:{port}/#/experiments/{experiment_id}?workflowType=machine_learning"
         print(f"  runs of '{name}'  {link}", flush=True)
-    child = subprocess.Popen(ui_command(uri, host, port, workers), start_new_session=True)
+    return run_group(ui_command(uri, host, port, workers))
+
+
+def run_group(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run `command` as the leader of a session of its own until it exits or a stop signal
+    (Ctrl-C, SIGTERM, SIGHUP) reaches this process; either way the whole group is stopped
+    (`stop_group`). Returns the command's exit code, 0 when it was stopped."""
+    child = subprocess.Popen(command, env=env, start_new_session=True)
 
     def stop(signum, frame):
         raise _Stopped
