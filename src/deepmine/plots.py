@@ -135,6 +135,19 @@ def objective_vs_params_png(
     return _save(fig, path)
 
 
+def seeds_and_mean(ax, x: float, values, stats, dot_color: str, bar_color: str) -> None:
+    """One group at `x`: each seed's value a dot (spread a little sideways, drawn above the
+    bar it may cross) and the mean as a bar with its ± std; what the sweep summary and
+    `deepmine compare` draw per configuration."""
+    if len(values):
+        jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+        ax.plot(x + np.asarray(jitter), values, "o", color=dot_color, alpha=0.75, markersize=6,
+                zorder=3)  # fmt: skip
+    if stats.n:
+        ax.errorbar([x], [stats.mean], yerr=[stats.std], fmt="_", color=bar_color,
+                    markersize=22, capsize=8, linewidth=1.5)  # fmt: skip
+
+
 def objective_per_config_png(
     scores: dict[str, list[float]], name: str, direction: str, path: Path, title: str = ""
 ) -> Path:
@@ -145,13 +158,7 @@ def objective_per_config_png(
     labels = list(scores)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) + 2), 4))
     for i, config in enumerate(labels):
-        values = scores[config]
-        stats = summarize(values)
-        ax.errorbar(
-            [i], [stats.mean], yerr=[stats.std], fmt="_", markersize=24, capsize=6, color="C0"
-        )
-        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-        ax.plot(i + np.asarray(jitter), values, "o", color="C1", alpha=0.8, markersize=5)
+        seeds_and_mean(ax, i, scores[config], summarize(scores[config]), "C1", "C0")
     ax.plot([], [], "_", color="C0", markersize=12, label="mean ± std")
     ax.plot([], [], "o", color="C1", markersize=5, label="seeds")
     turned = len(labels) > 3 or max(map(len, labels), default=0) > 14

@@ -372,22 +372,28 @@ NAME_SKIPS = (
 
 def _run_name(hydra_cfg, overrides: list[str], secrets: set[str] = frozenset()) -> str:
     """`<net>-<data>` and the overrides that say what else was chosen, each key shortened to
-    its last part: `cnn-fashion_mnist lr=0.003 seed=1`. Overrides of where things are written
-    or recorded (`NAME_SKIPS`: `paths.*`, `logger.*`, `tags.*`, ...) are left out, secret values
-    masked; the same command line gives the same name. At most `RUN_NAME_CHARS` characters."""
+    its last part unless that is ambiguous: `cnn-fashion_mnist lr=0.003 seed=1`. Overrides of
+    where things are written or recorded (`NAME_SKIPS`: `paths.*`, `logger.*`, `tags.*`, ...)
+    are left out, secret values masked; the same command line gives the same name. At most
+    `RUN_NAME_CHARS` characters."""
     from fnmatch import fnmatchcase
 
     from deepmine.secrets import mask_overrides
+    from deepmine.sweeps.names import short_keys
 
     choices = hydra_cfg.runtime.choices
-    words = [f"{choices.get('net') or 'net'}-{choices.get('data') or 'data'}"]
+    chosen = []
     for override in mask_overrides(overrides, secrets):
         key, given, value = override.lstrip("+~").partition("=")
         if not given or any(fnmatchcase(key, pattern) for pattern in NAME_SKIPS):
             continue
         if "/" in value:  # a path: its last part says which
             value = value.rstrip("/").rsplit("/", 1)[-1]
-        words.append(f"{key.rsplit('.', 1)[-1]}={value}")
+        chosen.append((key, value))
+    # keys shortened as a sweep's children are named: to the last part unless that is ambiguous
+    short = short_keys(key for key, _ in chosen)
+    words = [f"{choices.get('net') or 'net'}-{choices.get('data') or 'data'}"]
+    words += [f"{short[key]}={value}" for key, value in chosen]
     name = " ".join(words)
     return name if len(name) <= RUN_NAME_CHARS else name[: RUN_NAME_CHARS - 1] + "…"
 

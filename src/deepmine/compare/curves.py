@@ -20,6 +20,7 @@ import numpy as np
 
 from deepmine.compare.render import number
 from deepmine.compare.table import Comparison, Group
+from deepmine.plots import _save, seeds_and_mean
 
 CURVES_PNG = "curves.png"
 FINAL_PNG = "final_metric.png"
@@ -105,31 +106,8 @@ def final_png(comparison: Comparison, path: Path) -> Path:
     for ax, metric in zip(axes[0], metrics, strict=True):
         ticks = []
         for i, group in enumerate(groups):
-            values = group.values(metric)
+            seeds_and_mean(ax, i, group.values(metric), group.stats[metric], f"C{i % 10}", "black")
             stats = group.stats[metric]
-            color = f"C{i % 10}"
-            if values:
-                jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
-                ax.plot(
-                    i + np.asarray(jitter),
-                    values,
-                    "o",
-                    color=color,
-                    alpha=0.7,
-                    markersize=6,
-                    zorder=3,  # above the mean's bar, which may cross a seed
-                )
-            if stats.n:
-                ax.errorbar(
-                    [i],
-                    [stats.mean],
-                    yerr=[stats.std],
-                    fmt="_",
-                    color="black",
-                    markersize=22,
-                    capsize=8,
-                    linewidth=1.5,
-                )
             label = "\n".join(textwrap.wrap(f"#{i + 1} {group.label}", 22))
             ticks.append(f"{label}\nmean {number(stats.mean)}, n={stats.n}")
         ax.set_xticks(range(len(groups)), ticks, fontsize=8)
@@ -146,13 +124,6 @@ def final_png(comparison: Comparison, path: Path) -> Path:
 
 def _legend(group: Group, rank: int) -> str:
     return f"#{rank} {group.label} (n={len(group.runs)})"
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_plots(store, comparison: Comparison, folder: Path) -> list[Path]:
