@@ -101,3 +101,69 @@ def test_the_nan_check_keeps_its_interval_when_steps_jump_by_k():
             checked_at = step
             break
     assert checked_at == 56  # the first call past step 50, not step 200 (lcm of 8 and 50)
+
+
+class _CountSteps:
+    """A callback that listens to the optimizer step (so Lightning's dispatch must stay)."""
+
+    def __new__(cls):
+        import lightning.pytorch as pl
+
+        class CountSteps(pl.Callback):
+            def __init__(self):
+                self.calls = 0
+
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                self.calls += 1
+
+        return CountSteps()
+
+
+def _fit_digits(k: int, *callbacks, profiler=None):
+    """Two epochs of the MLP on digits in this process: the task, after fit."""
+    import functools
+
+    import lightning.pytorch as pl
+
+    from deepmine.data.digits import DigitsDataModule
+    from deepmine.nets.mlp import MLP
+    from deepmine.tasks.classification import ClassificationTask
+
+    pl.seed_everything(0, verbose=False)
+    data = DigitsDataModule(input_shape=[1, 8, 8], num_classes=10, batch_size=32)
+    net = MLP([1, 8, 8], 10, hidden_sizes=[16], dropout=0.2)
+    task = ClassificationTask(
+        net, 10, functools.partial(torch.optim.Adam, lr=1e-3), steps_per_call=k
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        profiler=profiler,
+    )
+    trainer.fit(task, datamodule=data)
+    return task, trainer
+
+
+def test_nobody_listening_means_direct_calls_and_a_listener_is_still_called():
+    """With the default hooks unheard, inner steps call the batch hooks and the optimizer
+    directly; a callback on the optimizer step (or a profiler) brings Lightning's dispatch
+    back, called once per optimizer step. All three train the same weights."""
+    plain, trainer = _fit_digits(8)
+    assert plain._direct_hooks is not None
+    steps = 2 * trainer.num_training_batches  # 41 an epoch, not a multiple of 8
+    assert trainer.global_step == steps
+    counter = _CountSteps()
+    heard, trainer = _fit_digits(8, counter)
+    assert heard._direct_hooks is None
+    assert counter.calls == trainer.global_step == steps
+    profiled, _ = _fit_digits(8, profiler="simple")
+    assert profiled._direct_hooks is None
+    for task in (heard, profiled):
+        for name, tensor in plain.state_dict().items():
+            assert torch.equal(tensor, task.state_dict()[name]), name

@@ -39,12 +39,20 @@ from typing import ClassVar
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection, MinMetric
 
 from deepmine.errors import DeepmineError
 
 MODES = ("max", "min")
+#: what Lightning's manual optimization dispatches to the callbacks and the task on every
+#: optimizer step (`_direct_dispatch`)
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class Task(pl.LightningModule):
@@ -173,6 +181,7 @@ class Task(pl.LightningModule):
             super().__setattr__(name, value)
 
     def on_train_start(self) -> None:
+        self._direct_hooks = self._direct_dispatch() if self.steps_per_call > 1 else None
         # The sanity check ran validation before training; it must not count as a best. A run
         # resumed from a checkpoint keeps the best it had (restored in on_load_checkpoint).
         self.val_metrics.reset()
@@ -244,6 +253,7 @@ class Task(pl.LightningModule):
                 "use task.steps_per_call=1 (Lightning's own loop) or more, e.g. 8",
             )
         self.steps_per_call = int(steps_per_call)
+        self._direct_hooks = None  # decided when training starts (`_direct_dispatch`)
         if self.steps_per_call == 1:
             return
         for name, value, neutral in (
@@ -283,17 +293,67 @@ class Task(pl.LightningModule):
                 break
             if inner:  # Lightning advances the logger's step once, after the whole call
                 epoch_loop._batches_that_stepped += 1
-            batch = trainer.precision_plugin.convert_input(batch)
-            batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
-            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-            loss = self._one_step(batch, batch_idx)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+            if self._direct_hooks is None:
+                batch = trainer.precision_plugin.convert_input(batch)
+                batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+                loss = self._one_step(batch, batch_idx)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
+            else:  # the same hooks and steps, called without Lightning's dispatch
+                for hook in self._direct_hooks:
+                    batch = hook(batch)
+                loss = self._one_step(batch, batch_idx)
+                optimizer._on_before_step()  # counts the step in global_step
+                optimizer.optimizer.zero_grad()
+                loss.backward()
+                optimizer.optimizer.step()
+                optimizer._on_after_step()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         if dataloader_iter.done:
             self._step_epoch_schedulers()
         return loss_sum
+
+    def _direct_dispatch(self) -> list[Callable] | None:
+        """The batch hooks of an inner step as plain calls, or None where Lightning's dispatch
+        must stay (see `_init_steps_per_call`).
+
+        Lightning routes every hook call through `trainer/call.py` (a profiler context, the
+        hook's name set on the module, a walk over every callback for the step hooks) and
+        dispatches the backward and optimizer-step hooks on every optimizer step, even where
+        every one of them is a no-op; at k=8 on the seed MLP that was ~40 % of the time left
+        between deepmine and the hand-written loop (BENCHMARKS.md). Calling the hooks directly
+        is the same computation when: one device (no gradient sync), plain float32 (no scaler,
+        `convert_input` is the identity), no profiler (nobody reads its contexts), and neither
+        a callback nor the task overrides `STEP_HOOKS` or `backward`. The batch hooks are then
+        the ones Lightning itself would pick (the datamodule's where it overrides them, else
+        the task's); moving CPU tensors to the CPU is skipped, as it returns them unchanged."""
+        trainer = self.trainer
+        if (
+            type(trainer.strategy) is not SingleDeviceStrategy
+            or type(trainer.precision_plugin) is not Precision
+            or not isinstance(trainer.profiler, PassThroughProfiler)
+            or type(self).backward is not pl.LightningModule.backward
+        ):
+            return None
+        for hook in STEP_HOOKS:
+            if getattr(type(self), hook) is not getattr(pl.LightningModule, hook):
+                return None
+            default = getattr(Callback, hook)
+            if any(getattr(type(c), hook) is not default for c in trainer.callbacks):
+                return None
+        selector = trainer._data_connector._datahook_selector
+        before = selector.get_instance("on_before_batch_transfer").on_before_batch_transfer
+        transfer_owner = selector.get_instance("transfer_batch_to_device")
+        after = selector.get_instance("on_after_batch_transfer").on_after_batch_transfer
+        device = trainer.strategy.root_device
+        hooks = [lambda batch: before(batch, 0)]
+        if device.type != "cpu" or is_overridden("transfer_batch_to_device", transfer_owner):
+            transfer = transfer_owner.transfer_batch_to_device
+            hooks.append(lambda batch: transfer(batch, device, 0))
+        hooks.append(lambda batch: after(batch, 0))
+        return hooks
 
     def _log_inner_step(self, loss: torch.Tensor) -> None:
         """`train/loss` of an inner step, written to the loggers at this optimizer step as
