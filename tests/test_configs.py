@@ -238,10 +238,20 @@ def test_the_lr_monitor_runs_only_when_a_scheduler_changes_the_rate(tmp_path, sc
 
     from deepmine.build import build_callbacks
 
-    callbacks = build_callbacks(compose_cfg(tmp_path, f"scheduler={scheduler}"))
+    callbacks = _unfolded(build_callbacks(compose_cfg(tmp_path, f"scheduler={scheduler}")))
     monitors = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
     assert len(monitors) == (scheduler != "none")
     assert len(callbacks) >= 6  # the other callbacks stay
+
+
+def _unfolded(callbacks: list) -> list:
+    """The callbacks with deepmine's folded ones listed one by one."""
+    from deepmine.callbacks import FoldedCallbacks
+
+    flat = []
+    for callback in callbacks:
+        flat += callback.members if isinstance(callback, FoldedCallbacks) else [callback]
+    return flat
 
 
 def test_task_loss_is_configurable(tmp_path):
@@ -273,7 +283,10 @@ def test_gpu_trainer_requests_a_gpu(tmp_path):
 
 def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
     cfg = compose_cfg(tmp_path, "scheduler=cosine")  # the lr monitor runs with a scheduler
-    names = {type(c).__name__ for c in build_callbacks(cfg)}
+    built = build_callbacks(cfg)
+    # deepmine's three reach Lightning as one (FoldedCallbacks), Lightning's stay apart
+    assert [type(c).__name__ for c in built][-1] == "FoldedCallbacks" and len(built) == 5
+    names = {type(c).__name__ for c in _unfolded(built)}
     assert names == {
         "ModelCheckpoint",
         "EarlyStopping",
@@ -285,11 +298,40 @@ def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
     }
     for key in cfg.callbacks:
         left = build_callbacks(compose_cfg(tmp_path, "scheduler=cosine", f"callbacks.{key}=null"))
-        assert len(left) == len(names) - 1
+        assert len(_unfolded(left)) == len(names) - 1
     finite = instantiate(cfg.callbacks.finite_loss)
     assert finite.check_every_n_steps == cfg.trainer.log_every_n_steps
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
     assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/acc"
+
+
+def test_folded_callbacks_call_each_hook_on_the_members_that_define_it_in_order():
+    import lightning.pytorch as pl
+
+    from deepmine.callbacks import FoldedCallbacks, find_callback, fold, listens
+
+    calls = []
+
+    class Starts(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            calls.append(("starts", trainer))
+
+    class Both(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            calls.append(("both", trainer))
+
+        def on_train_epoch_end(self, trainer, module):
+            calls.append(("both-end", trainer))
+
+    starts, both = Starts(), Both()
+    folded = FoldedCallbacks([starts, both])
+    folded.on_train_epoch_start("t", "m")
+    folded.on_train_epoch_end("t", "m")
+    assert calls == [("starts", "t"), ("both", "t"), ("both-end", "t")]
+    assert listens(folded, "on_train_epoch_start") and not listens(folded, "on_train_batch_end")
+    assert find_callback([folded], Both) is both and find_callback([folded], int) is None
+    # only deepmine's own callbacks fold: these two are this test's, so they stay apart
+    assert fold([starts, both]) == [starts, both]
 
 
 def test_logger_options(tmp_path):

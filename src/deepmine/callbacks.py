@@ -8,6 +8,8 @@ remaining epochs.
 
 `EpochTimer`: Lightning's `Timer` callback only keeps running totals per stage; comparing runs
 (and frameworks, see benchmarks/) needs the wall time of each epoch.
+
+`FoldedCallbacks`: deepmine's own callbacks reach Lightning as one (see `fold`).
 """
 
 from __future__ import annotations
@@ -126,3 +128,80 @@ class EpochTimer(pl.Callback):
         self.epoch_seconds.append(seconds)
         # batch_size=1: logged as it is (and required under task.steps_per_call > 1)
         pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True, batch_size=1)
+
+
+#: every hook Lightning may call on a callback
+HOOKS = tuple(
+    name for name in dir(pl.Callback) if name.startswith("on_") or name in ("setup", "teardown")
+)
+
+
+def listens(callback: pl.Callback, hook: str) -> bool:
+    """Whether `callback` does anything on `hook` (it is not the `pl.Callback` no-op)."""
+    fn = getattr(callback, hook)
+    return getattr(fn, "__func__", fn) is not getattr(pl.Callback, hook)
+
+
+class FoldedCallbacks(pl.Callback):
+    """Several stateless callbacks as one, each hook calling only the members that define it,
+    in their order.
+
+    Why: Lightning calls every hook of every callback on every step, each call in a profiler
+    context named by the callback's `state_key`; six hooks a training step. Folded, deepmine's
+    three default callbacks cost Lightning one dispatch per hook, and hooks none of them
+    defines cost nothing past the `pl.Callback` no-op. Members keep their own config keys
+    (`callbacks.<name>=null` drops one) and their checkpoint entries: members write
+    checkpoints through `on_save_checkpoint` only (`fold` leaves a callback with a
+    `state_dict` apart, since Lightning keys that by the callback's own `state_key`)."""
+
+    def __init__(self, members: list[pl.Callback]):
+        self.members = list(members)
+        for hook in HOOKS:
+            listeners = [getattr(m, hook) for m in self.members if listens(m, hook)]
+            if listeners:
+                setattr(self, hook, _fan_out(listeners))
+
+    def find(self, kind: type) -> pl.Callback | None:
+        return next((m for m in self.members if isinstance(m, kind)), None)
+
+
+def _fan_out(listeners: list):
+    if len(listeners) == 1:
+        return listeners[0]
+
+    def call_all(*args, **kwargs):
+        for listener in listeners:
+            listener(*args, **kwargs)
+
+    return call_all
+
+
+def fold(callbacks: list[pl.Callback]) -> list[pl.Callback]:
+    """`callbacks` with deepmine's own stateless ones folded into one `FoldedCallbacks` at
+    the place of the first; Lightning's callbacks stay as they are (the Trainer finds its
+    checkpoint, early-stopping and progress-bar callbacks by their class)."""
+
+    def foldable(callback) -> bool:
+        own = type(callback).__module__ == __name__
+        return own and type(callback).state_dict is pl.Callback.state_dict
+
+    members = [c for c in callbacks if foldable(c)]
+    if len(members) < 2:
+        return list(callbacks)
+    folded, result = FoldedCallbacks(members), []
+    for callback in callbacks:
+        if not foldable(callback):
+            result.append(callback)
+        elif callback is members[0]:
+            result.append(folded)
+    return result
+
+
+def find_callback(callbacks: list[pl.Callback], kind: type) -> pl.Callback | None:
+    """The callback of class `kind` among `callbacks`, folded or not."""
+    for callback in callbacks:
+        if isinstance(callback, kind):
+            return callback
+        if isinstance(callback, FoldedCallbacks) and (found := callback.find(kind)):
+            return found
+    return None

@@ -539,7 +539,7 @@ def _record_data_and_group(run, cfg: DictConfig, datamodule, data_tags: dict) ->
 
 
 def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:
-    from deepmine.callbacks import EpochTimer
+    from deepmine.callbacks import EpochTimer, find_callback
 
     trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
     # weights_only: a checkpoint holds tensors and plain values only (RNG states included), so
@@ -568,9 +568,7 @@ def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) ->
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "fit_seconds": fit_seconds,
-        "epoch_seconds": next(
-            (c.epoch_seconds for c in trainer.callbacks if isinstance(c, EpochTimer)), []
-        ),
+        "epoch_seconds": getattr(find_callback(trainer.callbacks, EpochTimer), "epoch_seconds", []),
     }
     (output_dir / "metrics.json").write_text(json.dumps(_summary(cfg, result), indent=2))
     return result

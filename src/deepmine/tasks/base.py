@@ -39,7 +39,6 @@ from typing import ClassVar
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -47,6 +46,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection, MinMetric
 
+from deepmine.callbacks import listens
 from deepmine.errors import DeepmineError
 
 MODES = ("max", "min")
@@ -340,8 +340,7 @@ class Task(pl.LightningModule):
         for hook in STEP_HOOKS:
             if getattr(type(self), hook) is not getattr(pl.LightningModule, hook):
                 return None
-            default = getattr(Callback, hook)
-            if any(getattr(type(c), hook) is not default for c in trainer.callbacks):
+            if any(listens(c, hook) for c in trainer.callbacks):
                 return None
         selector = trainer._data_connector._datahook_selector
         before = selector.get_instance("on_before_batch_transfer").on_before_batch_transfer
