@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,34 +43,115 @@ def build_cache(data_dir: Path, cache_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def run_point(overrides: list[str], store: str) -> dict:
+class MemoryCgroup:
+    """A child of this process's memory cgroup with a hard limit (cgroup v1
+    `memory.limit_in_bytes`, or v2 `memory.max`); a process started with `join` as its
+    `preexec_fn` runs, with its children, inside it. The limit counts the page cache too: a
+    set larger than the limit cannot stay cached, so its pages are read from disk again."""
+
+    def __init__(self, limit_mb: int):
+        self.limit_mb = limit_mb
+        self.path, limit_file = self._make_child()
+        (self.path / limit_file).write_text(str(limit_mb * 2**20))
+
+    @staticmethod
+    def _make_child() -> tuple[Path, str]:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, where = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                parent, limit_file = (
+                    Path("/sys/fs/cgroup/memory") / where.lstrip("/"),
+                    ("memory.limit_in_bytes"),
+                )
+                break
+        else:
+            where = Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip()
+            parent, limit_file = Path("/sys/fs/cgroup") / where.lstrip("/"), "memory.max"
+        child = parent / f"deepmine-scale-{os.getpid()}"
+        try:
+            child.mkdir()
+            if not (child / limit_file).exists():
+                raise OSError(f"{child} has no {limit_file}")
+        except OSError as error:
+            raise SystemExit(
+                f"--memory-limit-mb needs a writable memory cgroup ({error}); run as root in a "
+                "container that delegates it, or pass --memory-limit-mb 0 (no limit)"
+            ) from error
+        return child, limit_file
+
+    def join(self) -> None:
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def peak_mb(self) -> float | None:
+        """The group's peak usage since the last `reset` (v1 only: RSS and page cache)."""
+        peak = self.path / "memory.max_usage_in_bytes"
+        return int(peak.read_text()) / 2**20 if peak.exists() else None
+
+    def reset(self) -> None:
+        peak = self.path / "memory.max_usage_in_bytes"
+        if peak.exists():
+            peak.write_text("0")
+
+    def remove(self) -> None:
+        self.path.rmdir()  # empty: every process run in it has exited
+
+
+def run_point(overrides: list[str], store: str, cgroup: MemoryCgroup | None = None) -> dict:
+    """One training run; its second epoch's time and peak RSS. Under a memory limit a run the
+    kernel kills for memory is a result (`"killed": true`), not an error."""
     out = Path(tempfile.mkdtemp(prefix="deepmine-scale-run-"))
     command = [
         "/usr/bin/time", "-v", sys.executable, "-m", "deepmine", "train", *overrides,
         f"hydra.run.dir={out}", f"logger.tracking_uri={store}", "print_config=false",
     ]  # fmt: skip
+    if cgroup is not None:
+        cgroup.reset()
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            preexec_fn=cgroup.join if cgroup is not None else None,
+        )
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        point = {"max_rss_mb": int(rss.group(1)) / 1024 if rss else float("nan")}
+        if cgroup is not None:
+            point["cgroup_peak_mb"] = cgroup.peak_mb()
+        if cgroup is not None and "terminated by signal 9" in proc.stderr:
+            return {**point, "killed": True, "epoch_s": float("nan")}
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
         summary = json.loads((out / "metrics.json").read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    return {"epoch_s": summary["epoch_seconds"][-1], "max_rss_mb": rss_kb / 1024}
+    return {**point, "epoch_s": summary["epoch_seconds"][-1], "killed": False}
 
 
-def table(rows: list[dict]) -> str:
-    base = {r["storage"]: r["us_per_sample"] for r in rows if r["scale"] == 1}
+def table(rows: list[dict], memory_limit_mb: int | None = None) -> str:
+    base = {
+        r["storage"]: r["us_per_sample"] for r in rows if r["scale"] == 1 and not r.get("killed")
+    }
+    limit = f" under a {memory_limit_mb} MB limit" if memory_limit_mb else ""
     lines = [
-        "| size | train samples | storage | epoch (s) | µs / sample | vs 1× | peak RSS (MB) |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| size | train samples | decoded data (MB) | storage | epoch (s) | µs / sample | vs 1× "
+        f"| peak RSS (MB) | peak memory{limit}, page cache included (MB) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        data = f"{r['data_mb']:.0f}" if "data_mb" in r else "–"
+        peak = f"{r['cgroup_peak_mb']:.0f}" if r.get("cgroup_peak_mb") else "–"
+        if r.get("killed"):
+            lines.append(
+                f"| {r['scale']}× | {r['train_samples']:,} | {data} | {r['storage']} | "
+                f"killed: out of memory | | | {r['max_rss_mb']:.0f} | {peak} |"
+            )
+            continue
         ratio = r["us_per_sample"] / base[r["storage"]] if r["storage"] in base else float("nan")
         lines.append(
-            f"| {r['scale']}× | {r['train_samples']:,} | {r['storage']} | {r['epoch_s']:.1f} | "
-            f"{r['us_per_sample']:.1f} | {ratio:.2f} | {r['max_rss_mb']:.0f} |"
+            f"| {r['scale']}× | {r['train_samples']:,} | {data} | {r['storage']} | "
+            f"{r['epoch_s']:.1f} | {r['us_per_sample']:.1f} | {ratio:.2f} | "
+            f"{r['max_rss_mb']:.0f} | {peak} |"
         )
     return "\n".join(lines)
 
@@ -80,7 +162,15 @@ def main() -> None:
     parser.add_argument("--storages", nargs="+", default=["memory", "mmap"])
     parser.add_argument("--net", default="seed_mlp")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=1024,
+        help="run every point in a memory cgroup with this limit (page cache included); "
+        "0: no limit",
+    )
     args = parser.parse_args()
+    cgroup = MemoryCgroup(args.memory_limit_mb) if args.memory_limit_mb else None
     from deepmine.data.synth import write_scaled
 
     store = temp_store()
@@ -94,18 +184,20 @@ def main() -> None:
                 write_scaled(source, data_dir, scale, seed=0)
             cache = work / f"cache_x{scale}"
             build_cache(data_dir, cache)
+            data_mb = sum(f.stat().st_size for f in cache.rglob("*.npy")) / 2**20
             for storage in args.storages:
                 overrides = [
                     "data=fashion_mnist", f"data.data_dir={data_dir}", f"data.cache_dir={cache}",
                     f"data.storage={storage}", f"net={args.net}",
                     f"data.batch_size={args.batch_size}", "trainer.max_epochs=2",
                 ]  # fmt: skip
-                point = run_point(overrides, store)
+                point = run_point(overrides, store, cgroup)
                 samples = TRAIN_1X * scale
                 row = {
                     "scale": scale,
                     "storage": storage,
                     "train_samples": samples,
+                    "data_mb": data_mb,
                     **point,
                     "us_per_sample": point["epoch_s"] / samples * 1e6,
                 }
@@ -116,8 +208,18 @@ def main() -> None:
                 shutil.rmtree(data_dir, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(table(rows))
-    save("scale", {"net": args.net, "batch_size": args.batch_size, "points": rows})
+        if cgroup is not None:
+            cgroup.remove()
+    print(table(rows, args.memory_limit_mb))
+    save(
+        "scale",
+        {
+            "net": args.net,
+            "batch_size": args.batch_size,
+            "memory_limit_mb": args.memory_limit_mb or None,
+            "points": rows,
+        },
+    )
 
 
 if __name__ == "__main__":
