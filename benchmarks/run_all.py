@@ -111,9 +111,10 @@ def render() -> str:
             "| phase | took | at |",
             "|---|---|---|",
         ]
-        lines += [
-            f"| {p['phase']} | {p['took_s']:.3f} s | {p['at_s']:.3f} s |" for p in r["phases"]
-        ]
+        previous = 0.0  # in the order they happened (results saved before first_step.py sorted)
+        for p in sorted(r["phases"], key=lambda p: p["at_s"]):
+            lines.append(f"| {p['phase']} | {p['at_s'] - previous:.3f} s | {p['at_s']:.3f} s |")
+            previous = p["at_s"]
         lines += ["",
                   f"First step at **{r['first_step_s']:.2f} s**; a bare `import torch, lightning.pytorch` "
                   f"takes {r['bare_import_s']:.2f} s, so deepmine adds **{r['beyond_bare_import_s']:.2f} s** "
@@ -173,7 +174,7 @@ def render_cost_curve() -> str:
         )
     lines += ["", f"Command: `{r['command']}`.", ""]
     r = load("scale")
-    lines += [f"#### Epoch time vs dataset size ({r['net']}, batch {r['batch_size']}, second epoch of 2)", "",
+    lines += [f"#### Epoch time vs dataset size ({r['net']}, batch {r['batch_size']}, median epoch after the first of {r.get('epochs', 2)})", "",
               scale_table(r["points"], r.get("memory_limit_mb")), "", f"Command: `{r['command']}`.", ""]  # fmt: skip
     r = load("cost_curve_sweep")
     overrides = r["points"][0]["overrides"]
@@ -202,8 +203,8 @@ def render_cost_curve() -> str:
             f"| **{p['samples_per_s'] / base[p['net']]:.2f}** | {p['fit_s']:.1f} s | {acc} |"
         )
     lines += ["", f"Command: `{r['command']}`.", ""]
-    lines += ["#### Lightning's per-step tax: `task.steps_per_call` (medians; ratios to the hand-written loop, "
-              "and in brackets to the hand-written loop doing the same work)", "",
+    lines += ["#### Lightning's per-step tax: `task.steps_per_call` (medians; ratios to the hand-written loop "
+              "and to the hand-written loop doing the same work)", "",
               "| net, batch, clock | run | epoch | ratio | ratio to the same work |", "|---|---|---:|---:|---:|"]  # fmt: skip
     commands = []
     for name, label in (("steps_per_call_seed_mlp_b32_cpu", "seed_mlp, 32, CPU time (1 thread)"),
