@@ -542,3 +542,33 @@ def test_data_add_refuses_when_data_differs_from_its_pin(four, tmp_path):
         version.add_folder(project, four)
     assert "cannot add to data/" in problem(exc) and "co2.csv" in problem(exc)
     assert not (project / "data" / "four").exists()
+
+
+@pytest.mark.parametrize("own_test_folder", [False, True])
+def test_mmap_storage_gives_the_memory_batches_from_views_of_the_cache(
+    tmp_path, four, own_test_folder
+):
+    """`data.storage=mmap`: every split is rows of the decoded-array cache's memory map, and
+    the batches equal the in-memory ones bit for bit (with a split drawn from the folder, and
+    with the folder's own test/ images)."""
+    from deepmine.data.batches import MappedRows
+
+    if own_test_folder:  # train/<class>/ and test/<class>/
+        for name in FOUR:
+            (four / "train").mkdir(exist_ok=True)
+            shutil.move(four / name, four / "train" / name)
+            (four / "test" / name).mkdir(parents=True)
+            for image in sorted((four / "train" / name).glob("*.png"))[:2]:
+                image.rename(four / "test" / name / image.name)
+    memory = datamodule(four, cache_dir=str(tmp_path / "cache"), storage="memory")
+    mapped = datamodule(four, cache_dir=str(tmp_path / "cache"), storage="mmap")
+    for dm in (memory, mapped):
+        dm.setup()
+    assert all(isinstance(x, MappedRows) for x, _ in mapped.tensors.values())
+    assert not any(isinstance(x, MappedRows) for x, _ in memory.tensors.values())
+    for split in ("train", "val", "test"):
+        loaders = [getattr(dm, f"{split}_dataloader")() for dm in (memory, mapped)]
+        pairs = list(zip(*loaders, strict=True))
+        assert pairs
+        for (xm, ym), (xd, yd) in pairs:
+            assert torch.equal(xm, xd) and torch.equal(ym, yd)

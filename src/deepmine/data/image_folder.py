@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmine.data.batches import MappedRows
 from deepmine.data.cache import cached_arrays
 from deepmine.data.in_memory import InMemoryDataModule
 from deepmine.errors import DeepmineError, first_line
@@ -125,7 +126,11 @@ class ImageFolderDataModule(InMemoryDataModule):
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         files = self.listing.files
         arrays = cached_arrays(
-            self.cache_dir, f"image_folder-{self.cache_key()}", ("x", "kept"), self._decode_all
+            self.cache_dir,
+            f"image_folder-{self.cache_key()}",
+            ("x", "kept"),
+            self._decode_all,
+            mmap=self.mmap_wanted,
         )
         kept = arrays["kept"].astype(bool)
         self.skipped_files = [f.rel for f, ok in zip(files, kept, strict=True) if not ok]
@@ -141,8 +146,12 @@ class ImageFolderDataModule(InMemoryDataModule):
         self._require_every_class(labels[~is_test], "train")
         if self.listing.has_test:
             self._require_every_class(labels[is_test], "test")
-            return x[~is_test], labels[~is_test], x[is_test], labels[is_test]
-        fit, test = stratified_split(labels, self.test_size, self.split_seed)
+            fit, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        else:
+            fit, test = stratified_split(labels, self.test_size, self.split_seed)
+        if isinstance(x, np.memmap):  # data.storage=mmap: the splits are views of one map
+            rows = MappedRows(x, x.shape[1:])
+            return rows.view(fit), labels[fit], rows.view(test), labels[test]
         return x[fit], labels[fit], x[test], labels[test]
 
     def cache_key(self) -> str:

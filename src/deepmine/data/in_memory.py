@@ -158,6 +158,8 @@ class InMemoryDataModule(TensorDataModule):
                 "fix input_shape in the data config",
             )
         if self.storage == "mmap":
+            if isinstance(x, MappedRows):  # already rows of a map (a subclass's own split)
+                return x
             if not isinstance(x, np.memmap):
                 raise DeepmineError(
                     f"data.storage=mmap needs the decoded-array cache, but "
