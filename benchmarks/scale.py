@@ -59,22 +59,23 @@ class MemoryCgroup:
 
     @staticmethod
     def _make_child() -> tuple[Path, str]:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, where = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                parent, limit_file = (
-                    Path("/sys/fs/cgroup/memory") / where.lstrip("/"),
-                    ("memory.limit_in_bytes"),
-                )
-                break
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        entries = [line.split(":", 2) for line in lines]  # id, controllers, path
+        v1 = [path for _, controllers, path in entries if "memory" in controllers.split(",")]
+        if v1:
+            parent, limit_file = (
+                Path("/sys/fs/cgroup/memory") / v1[0].lstrip("/"),
+                "memory.limit_in_bytes",
+            )
         else:
-            where = Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip()
-            parent, limit_file = Path("/sys/fs/cgroup") / where.lstrip("/"), "memory.max"
+            v2 = next(path for _, controllers, path in entries if controllers == "")
+            parent, limit_file = Path("/sys/fs/cgroup") / v2.lstrip("/"), "memory.max"
         child = parent / f"deepmine-scale-{os.getpid()}"
         try:
             child.mkdir()
             if not (child / limit_file).exists():
-                raise OSError(f"{child} has no {limit_file}")
+                child.rmdir()
+                raise OSError(f"{parent} does not delegate {limit_file}")
         except OSError as error:
             raise SystemExit(
                 f"--memory-limit-mb needs a writable memory cgroup ({error}); run as root in a "
