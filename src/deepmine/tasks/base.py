@@ -237,8 +237,9 @@ class Task(pl.LightningModule):
         with manual optimization, so Lightning's per-step work (its loop, progress tracking,
         the logger connector, and of its hook dispatches 3 of the 6 callback hooks, each called
         on every callback, and 6 of the 11 LightningModule hooks) is paid once per k optimizer
-        steps. The backward and optimizer-step hooks stay per step: manual optimization
-        dispatches them too (see BENCHMARKS.md for what that leaves).
+        steps. The backward and optimizer-step hooks stay per step, as manual optimization
+        dispatches them; where nothing listens to them the inner steps skip the dispatch
+        (`_direct_dispatch`).
 
         What keeps it exact: each batch goes through the same transfer hooks (augmentation
         included), the same `training_step` and the same zero_grad/backward/step as Lightning's
@@ -322,8 +323,8 @@ class Task(pl.LightningModule):
         Lightning routes every hook call through `trainer/call.py` (a profiler context, the
         hook's name set on the module, a walk over every callback for the step hooks) and
         dispatches the backward and optimizer-step hooks on every optimizer step, even where
-        every one of them is a no-op; at k=8 on the seed MLP that was ~40 % of the time left
-        between deepmine and the hand-written loop (BENCHMARKS.md). Calling the hooks directly
+        every one of them is a no-op; skipping that took the seed MLP at batch 32, k=8, from
+        1.43x to 1.35x the hand-written loop's epoch (CPU time, BENCHMARKS.md). Calling directly
         is the same computation when: one device (no gradient sync), plain float32 (no scaler,
         `convert_input` is the identity), no profiler (nobody reads its contexts), and neither
         a callback nor the task overrides `STEP_HOOKS` or `backward`. The batch hooks are then
