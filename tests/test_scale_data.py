@@ -1,20 +1,26 @@
 """Data larger than memory (issue 14): `data.storage=mmap` reads batches from memory-mapped
-`.npy` files and gives the same batches, bit for bit, as the arrays held in memory; its splits
-are views of the map, not copies; `deepmine data synth` writes a scaled Fashion-MNIST that the
-fashion_mnist datamodule reads, pinned by DVC."""
+`.npy` files and gives the same batches, bit for bit, as the arrays held in memory, for images,
+tables and series alike; its splits are views of the map, not copies; `deepmine data synth`
+writes a scaled Fashion-MNIST that the fashion_mnist datamodule reads, pinned by DVC."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import ROOT, make_dvc_project, one_line_error, run_cli
 from deepmine.data import version
 from deepmine.data.batches import MappedRows
+from deepmine.data.csv_table import CSVDataModule
+from deepmine.data.diabetes import DiabetesDataModule
 from deepmine.data.digits import DigitsDataModule
 from deepmine.data.fashion_mnist import FashionMNISTDataModule
 from deepmine.data.idx import read_idx
+from deepmine.data.series import CSVSeriesDataModule
 from deepmine.data.synth import augment
 from deepmine.errors import DeepmineError
 
@@ -173,3 +179,143 @@ def test_augmentation_shifts_and_flips_without_changing_the_pixels():
     columns = {int(np.flatnonzero(o.any(0))[0]) for o in out}
     assert len(columns) > 5  # left edges: shifted by -2..2, or mirrored to the right side
     assert np.array_equal(out, augment(images, np.random.default_rng(0)))
+
+
+# -- tables and series: the prepared arrays, stored and mapped (deepmine.data.mapped) ---------
+
+
+def table_file(folder) -> str:
+    """A small table with a numeric, a categorical and a class column, gaps imputed."""
+    rng = np.random.default_rng(3)
+    n = 150
+    frame = pd.DataFrame(
+        {
+            "size": rng.normal(50, 10, n).round(2),
+            "rooms": rng.integers(1, 6, n).astype(float),
+            "city": rng.choice(["oslo", "bergen", "tromso"], n),
+            "label": rng.choice(["cheap", "dear"], n),
+        }
+    )
+    frame.loc[[4, 40], "rooms"] = np.nan
+    path = folder / "houses.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def series_file(folder) -> str:
+    steps = np.arange(240)
+    frame = pd.DataFrame(
+        {
+            "t": steps,
+            "level": np.sin(steps / 6.0) * 3 + steps / 40,
+            "rain": np.cos(steps / 11.0) + 5,
+        }
+    )
+    path = folder / "weather.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def mapped_range(path, address: int | None = None) -> tuple[int, int] | None:
+    """The address range at which this process maps `path` (from /proc/self/maps), or None;
+    with `address`: that range only if it holds the address."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            start, stop = (int(a, 16) for a in line.split()[0].split("-"))
+            if address is None or start <= address < stop:
+                return start, stop
+    return None
+
+
+def prepared(kind: str, storage: str, folder, **options):
+    cache = str(folder / "cache")
+    common = {"batch_size": 16, "eval_batch_size": 40, "shuffle_seed": 5, "storage": storage}
+    if kind == "csv":
+        dm = CSVDataModule(
+            path=table_file(folder),
+            target="label",
+            targets="class",
+            categorical=["city"],
+            impute="mean",
+            cache_dir=cache,
+            **common,
+            **options,
+        )
+    elif kind == "diabetes":
+        dm = DiabetesDataModule(cache_dir=cache, **common, **options)
+    else:
+        dm = CSVSeriesDataModule(
+            path=series_file(folder),
+            time_column="t",
+            target_columns=["level"],
+            lookback=12,
+            horizon=3,
+            val_size=30,
+            test_size=30,
+            cache_dir=cache,
+            **common,
+            **options,
+        )
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("kind", ["csv", "diabetes", "series"])
+def test_tables_and_series_mmap_batches_equal_memory_batches_bit_for_bit(tmp_path, kind):
+    memory, mapped = prepared(kind, "memory", tmp_path), prepared(kind, "mmap", tmp_path)
+    batches = [epochs_of_batches(dm) for dm in (memory, mapped)]
+    assert len(batches[0]) == len(batches[1]) > 10
+    for (xm, ym), (xd, yd) in zip(*batches, strict=True):
+        assert xm.dtype == xd.dtype == torch.float32 and ym.dtype == yd.dtype
+        assert torch.equal(xm, xd) and torch.equal(ym, yd)
+    if memory.target_scaler is not None:  # learned from the same training targets
+        assert all(map(torch.equal, memory.target_scaler, mapped.target_scaler))
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1  # one entry: the prepared arrays of this table or series
+    if kind == "series":  # the series is the file's map; every window of every split views it
+        stored = entries[0] / "series.npy"
+        assert np.array_equal(np.load(stored), memory.series.numpy())
+        assert mapped_range(stored, mapped.series.data_ptr())
+        assert mapped.series.data_ptr() == mapped.tensors["train"][0].data_ptr()
+        assert not mapped_range(stored, memory.series.data_ptr())
+    else:  # each split's features are rows of its own map; the labels stay in memory
+        for split in ("train", "val", "test"):
+            x = mapped.tensors[split][0]
+            assert isinstance(x, MappedRows) and isinstance(x.array, np.memmap)
+            assert str(x.array.filename) == str(entries[0] / f"{split}.npy")
+            assert torch.equal(x[:], memory.tensors[split][0])
+
+
+def test_prepared_arrays_are_stored_once_and_a_change_makes_a_new_entry(tmp_path):
+    first = prepared("diabetes", "mmap", tmp_path)
+    (entry,) = (tmp_path / "cache").iterdir()
+    written = (entry / "train.npy").stat().st_mtime_ns
+    prepared("diabetes", "mmap", tmp_path)  # the same arrays: the entry is read, not rewritten
+    assert (entry / "train.npy").stat().st_mtime_ns == written
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]
+    other = prepared("diabetes", "mmap", tmp_path, features=["bmi", "bp"])
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # other arrays, another entry
+    assert other.tensors["train"][0].shape[1:] == (2,) != first.tensors["train"][0].shape[1:]
+
+
+def test_mmap_for_tables_without_a_cache_is_one_line_error(tmp_path):
+    dm = DiabetesDataModule(storage="mmap", cache_dir=None)
+    with pytest.raises(DeepmineError) as caught:
+        dm.setup()
+    assert "data.cache_dir" in str(caught.value) and "data.storage=memory" in caught.value.fix
+
+
+def test_a_recorded_regression_run_trains_from_memory_maps(sandbox, tmp_path):
+    cache = tmp_path / "cache"
+    done = sandbox.train(
+        "task=regression",
+        "data=diabetes",
+        "net=mlp",
+        "debug=fast",
+        "data.storage=mmap",
+        f"data.cache_dir={cache}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = sandbox.runs()
+    assert run.data.params["data.storage"] == "mmap" and "test/rmse" in run.data.metrics
+    assert list(cache.glob("diabetes-*/train.npy"))  # the arrays it trained from

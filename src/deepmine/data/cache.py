@@ -11,6 +11,8 @@ half-written entry. The cache lives outside the DVC-tracked `data/` folder.
 With `mmap=True` (`data.storage=mmap`) the entry's files are opened as read-only memory maps
 (`np.load(mmap_mode="r")`) instead of read: a set larger than memory is paged in batch by batch.
 A freshly decoded entry is written first and then mapped, so the decoded copy is freed on return.
+`mmap="c"` maps them copy-on-write instead: writable as far as numpy and torch can tell (a tensor
+made from a read-only array warns), while the file itself is never written.
 """
 
 from __future__ import annotations
@@ -37,16 +39,17 @@ def cached_arrays(
     key: str,
     names: tuple[str, ...],
     decode: Callable[[], dict[str, np.ndarray]],
-    mmap: bool = False,
+    mmap: bool | str = False,
 ) -> dict[str, np.ndarray]:
     """The arrays `names`, from `directory/key/` if present there, else from `decode()` (and
     then stored there). `directory=None` switches the cache off. `mmap`: the stored files are
-    returned as read-only memory maps (arrays decoded but not stored stay in memory)."""
+    returned as read-only memory maps, or copy-on-write ones with `mmap="c"` (arrays decoded
+    but not stored stay in memory)."""
     if directory is None:
         return decode()
     entry = Path(directory) / key
     files = {name: entry / f"{name}.npy" for name in names}
-    mode = "r" if mmap else None
+    mode = mmap if isinstance(mmap, str) else "r" if mmap else None
 
     def stored() -> dict[str, np.ndarray]:
         return {name: np.load(f, mmap_mode=mode, allow_pickle=False) for name, f in files.items()}

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from deepmine.data import tables
+from deepmine.data.mapped import mapped_splits
 from deepmine.data.tensors import TensorDataModule, fit_scaler
 from deepmine.errors import DeepmineError
 from deepmine.project import project_root
@@ -56,8 +57,11 @@ class CSVDataModule(TensorDataModule):
         num_outputs: int | None = None,
         num_classes: int | None = None,
         num_targets: int | None = None,
+        storage: str = "memory",
+        cache_dir: str | None = None,
     ):
-        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        super().__init__(batch_size, eval_batch_size, shuffle_seed, storage)
+        self.cache_dir = cache_dir
         self.targets = _check_choice("targets", targets, TARGET_KINDS, auto_hint=True)
         if impute is not None:
             _check_choice("impute", impute, tables.IMPUTATIONS)
@@ -120,6 +124,8 @@ class CSVDataModule(TensorDataModule):
         self.tensors = {
             split: (x_splits[split], y[torch.as_tensor(rows)]) for split, rows in self.rows.items()
         }
+        if self.mmap_wanted:
+            self.tensors = mapped_splits(self.tensors, self.cache_dir, "table")
         if self.targets == "value":
             self.target_scaler = fit_scaler(self.tensors["train"][1])
 

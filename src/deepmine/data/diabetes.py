@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from deepmine.data.mapped import mapped_splits
 from deepmine.data.tables import split_rows, standardized
 from deepmine.data.tensors import TensorDataModule, fit_scaler
 from deepmine.errors import DeepmineError
@@ -51,8 +52,11 @@ class DiabetesDataModule(TensorDataModule):
         input_shape: Sequence[int] | None = None,
         num_targets: int = 1,
         num_outputs: int | None = None,
+        storage: str = "memory",
+        cache_dir: str | None = None,
     ):
-        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        super().__init__(batch_size, eval_batch_size, shuffle_seed, storage)
+        self.cache_dir = cache_dir
         if split not in SPLIT_KINDS:
             raise DeepmineError(
                 f"data.split={split!r} is not one of {', '.join(SPLIT_KINDS)}",
@@ -102,6 +106,8 @@ class DiabetesDataModule(TensorDataModule):
         self.tensors = {
             split: (features[split], y[torch.as_tensor(rows)]) for split, rows in self.rows.items()
         }
+        if self.mmap_wanted:
+            self.tensors = mapped_splits(self.tensors, self.cache_dir, "diabetes")
         self.target_scaler = fit_scaler(self.tensors["train"][1])
 
 

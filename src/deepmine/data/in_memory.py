@@ -38,7 +38,6 @@ from deepmine.data.tensors import TensorDataModule, split_count
 from deepmine.errors import DeepmineError
 
 NORMALIZATIONS = ("scale", "standardize", "none")
-STORAGES = ("memory", "mmap")
 #: rows per chunk when standardize statistics are gathered from a memory map
 STATS_CHUNK = 65_536
 
@@ -65,18 +64,12 @@ class InMemoryDataModule(TensorDataModule):
         augment: Mapping | None = None,
         storage: str = "memory",
     ):
-        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        super().__init__(batch_size, eval_batch_size, shuffle_seed, storage)
         if normalize not in NORMALIZATIONS:
             raise DeepmineError(
                 f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZATIONS)}",
                 "pick one of them, e.g. data.normalize=scale",
             )
-        if storage not in STORAGES:
-            raise DeepmineError(
-                f"data.storage={storage!r} is not one of {', '.join(STORAGES)}",
-                "use data.storage=memory (arrays in RAM) or data.storage=mmap (memory-mapped)",
-            )
-        self.storage = storage
         self.num_classes = num_classes
         # one logit per class: the width nets read as ${data.num_outputs}
         self.num_outputs = num_outputs if num_outputs is not None else num_classes
@@ -95,11 +88,6 @@ class InMemoryDataModule(TensorDataModule):
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
-
-    @property
-    def mmap_wanted(self) -> bool:
-        """True when `load()` should return the images as memory maps (`data.storage=mmap`)."""
-        return self.storage == "mmap"
 
     def shapes(self) -> dict:
         return {

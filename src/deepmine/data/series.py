@@ -18,6 +18,10 @@ at or after its origin. Test windows start at every step whose horizon fits in t
 Windows are never materialised: `x` and `y` of each split are strided views of the one series
 tensor (`unfold`), so the gather that cuts a batch makes the only copy. Batches of `y` are views
 too (slices in evaluation order): use `reshape`, not `view`, on them.
+
+With `storage=mmap` the series tensor itself is a copy-on-write memory map of a `.npy` in
+`cache_dir` (`deepmine.data.mapped`), so the windows are views of the file and a batch's gather
+reads only its windows' steps; values and batches are the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from deepmine.data.batches import Normalize
 from deepmine.data.csv_table import resolve
+from deepmine.data.mapped import mapped_arrays
 from deepmine.data.series_export import SERIES, TIME_COLUMN
 from deepmine.data.tables import file_md5, numeric_column, read_table, require_columns
 from deepmine.data.tensors import TensorDataModule, fit_scaler, split_count
@@ -68,8 +73,11 @@ class SeriesDataModule(TensorDataModule):
         num_targets: int | None = None,
         num_outputs: int | None = None,
         baselines: Mapping | None = None,
+        storage: str = "memory",
+        cache_dir: str | None = None,
     ):
-        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        super().__init__(batch_size, eval_batch_size, shuffle_seed, storage)
+        self.cache_dir = cache_dir
         self.lookback = _positive_int(lookback, "data.lookback")
         self.horizon = _positive_int(horizon, "data.horizon")
         self.season = None if season is None else _positive_int(season, "data.season")
@@ -185,7 +193,10 @@ class SeriesDataModule(TensorDataModule):
         self.time_index = self._time_index(frame)
         extra_targets = [c for c in self.target_columns if c not in self.input_columns]
         columns = [*self.input_columns, *extra_targets]
-        self.series = torch.as_tensor(self._values(frame, columns), dtype=torch.float32)
+        values = self._values(frame, columns).astype(np.float32)
+        if self.mmap_wanted:  # copy-on-write: a tensor over it is never written, windows view it
+            values = mapped_arrays({"series": values}, self.cache_dir, "series", mode="c")["series"]
+        self.series = torch.from_numpy(values)
         input_index = [columns.index(c) for c in self.input_columns]
         target_index = [columns.index(c) for c in self.target_columns]
         inputs = self._columns(input_index)

@@ -14,6 +14,10 @@ share: the `train`/`val`/`test` tensors, the per-batch transform, batching by in
 - `shapes()`: the keys nets and tasks read by interpolation (`input_shape`, `num_outputs`,
   `num_classes` or `num_targets`), so a config may leave them null when only the data can tell
   (a CSV's columns); `build` fills them in before the net is made.
+- `storage` (`data.storage`): `"memory"` keeps the splits as tensors; `"mmap"` keeps each
+  split's `x` in a read-only memory-mapped `.npy` file and reads a batch at a time (images:
+  `InMemoryDataModule`; tables and series: `deepmine.data.mapped`). Every datamodule gives the
+  same batches, bit for bit, either way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from deepmine.data.batches import TensorBatches
 from deepmine.errors import DeepmineError
 
 TARGET_KINDS = ("class", "value", "series")
+STORAGES = ("memory", "mmap")
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -42,8 +47,20 @@ class TensorDataModule(pl.LightningDataModule):
     #: names of the target columns (value and series targets), for plots and summaries
     target_names: tuple[str, ...] = ()
 
-    def __init__(self, batch_size: int = 32, eval_batch_size: int = 1000, shuffle_seed: int = 0):
+    def __init__(
+        self,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        shuffle_seed: int = 0,
+        storage: str = "memory",
+    ):
         super().__init__()
+        if storage not in STORAGES:
+            raise DeepmineError(
+                f"data.storage={storage!r} is not one of {', '.join(STORAGES)}",
+                "use data.storage=memory (arrays in RAM) or data.storage=mmap (memory-mapped)",
+            )
+        self.storage = storage
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.shuffle_seed = shuffle_seed
@@ -53,6 +70,11 @@ class TensorDataModule(pl.LightningDataModule):
 
     def make_splits(self) -> None:
         raise NotImplementedError
+
+    @property
+    def mmap_wanted(self) -> bool:
+        """True when the splits should be memory maps (`data.storage=mmap`)."""
+        return self.storage == "mmap"
 
     def setup(self, stage: str | None = None) -> None:
         if self.tensors:
