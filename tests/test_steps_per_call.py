@@ -68,17 +68,51 @@ def test_same_metrics_at_the_same_steps(two_runs):
     assert sorted(m.step for m in losses) == list(range(2, 3 * 39, 3))
 
 
-@pytest.mark.parametrize(
-    ("option", "refused"),
-    [
-        ("+trainer.gradient_clip_val=1.0", "gradient_clip_val"),
-        ("+trainer.accumulate_grad_batches=2", "accumulate_grad_batches"),
-    ],
-)
-def test_refuses_what_manual_optimization_cannot_do(sandbox, option, refused):
-    proc = sandbox.train("debug=fast", "data=digits", "task.steps_per_call=4", option)
+#: clipping tight enough to act on every step, and groups of 3 batches (39 batches an epoch:
+#: 13 optimizer steps)
+CLIP_AND_ACCUMULATE = ("+trainer.gradient_clip_val=0.05", "+trainer.accumulate_grad_batches=3")
+
+
+@pytest.fixture(scope="module")
+def two_clipped_runs(tmp_path_factory):
+    """`two_runs` with gradient clipping and accumulation: Lightning's own loop does them at
+    k=1, the task does them at k=8 (the Trainer is built without them, `build`)."""
+    runs = {}
+    for k in (1, 8):
+        box = Sandbox(tmp_path_factory.mktemp(f"clipped-k{k}"))
+        proc = box.train(*CONFIG, *CLIP_AND_ACCUMULATE, f"task.steps_per_call={k}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (run,) = box.runs()
+        runs[k] = box, run
+    return runs
+
+
+def test_clipping_and_accumulation_give_the_same_weights_and_metrics(two_clipped_runs, two_runs):
+    (box1, run1), (box8, run8) = two_clipped_runs[1], two_clipped_runs[8]
+    one, eight = _last_checkpoint(box1), _last_checkpoint(box8)
+    for name, tensor in one["state_dict"].items():
+        assert torch.equal(tensor, eight["state_dict"][name]), name
+    assert one["global_step"] == eight["global_step"] == 3 * 13  # optimizer steps
+    unclipped = _last_checkpoint(two_runs[1][0])["state_dict"]  # the options did act
+    assert not all(torch.equal(t, unclipped[n]) for n, t in one["state_dict"].items())
+    assert run8.data.params["trainer.accumulate_grad_batches"] == "3"
+    for key in ("train/loss", "train/loss_epoch", "val/acc", "lr-Adam"):
+        history = [
+            sorted((m.step, m.value) for m in box.client().get_metric_history(run.info.run_id, key))
+            for box, run in ((box1, run1), (box8, run8))
+        ]
+        assert history[0] == history[1], key
+    # train/loss on every 3rd optimizer step (the group's last batch), not on every batch
+    losses = box8.client().get_metric_history(run8.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(2, 3 * 13, 3))
+
+
+def test_a_bad_accumulation_is_one_line_error(sandbox):
+    proc = sandbox.train(
+        "debug=fast", "data=digits", "task.steps_per_call=4", "+trainer.accumulate_grad_batches=0"
+    )
     assert proc.returncode == 2
-    assert refused in one_line_error(proc)
+    assert "accumulate_grad_batches=0" in one_line_error(proc)
     assert sandbox.runs() == []  # refused before any run opened
 
 
@@ -119,8 +153,9 @@ class _CountSteps:
         return CountSteps()
 
 
-def _fit_digits(k: int, *callbacks, profiler=None):
-    """Two epochs of the MLP on digits in this process: the task, after fit."""
+def _fit_digits(k: int, *callbacks, profiler=None, clip=None, accumulate=1):
+    """Two epochs of the MLP on digits in this process: the task, after fit. `clip` and
+    `accumulate` go to the Trainer at k=1 and to the task at k>1, as `build` hands them."""
     import functools
 
     import lightning.pytorch as pl
@@ -133,9 +168,16 @@ def _fit_digits(k: int, *callbacks, profiler=None):
     data = DigitsDataModule(input_shape=[1, 8, 8], num_classes=10, batch_size=32)
     net = MLP([1, 8, 8], 10, hidden_sizes=[16], dropout=0.2)
     task = ClassificationTask(
-        net, 10, functools.partial(torch.optim.Adam, lr=1e-3), steps_per_call=k
+        net,
+        10,
+        functools.partial(torch.optim.Adam, lr=1e-3),
+        steps_per_call=k,
+        gradient_clip_val=clip,
+        accumulate_grad_batches=accumulate,
     )
     trainer = pl.Trainer(
+        gradient_clip_val=clip if k == 1 else None,
+        accumulate_grad_batches=accumulate if k == 1 else 1,
         max_epochs=2,
         accelerator="cpu",
         deterministic=True,
@@ -167,3 +209,18 @@ def test_nobody_listening_means_direct_calls_and_a_listener_is_still_called():
     for task in (heard, profiled):
         for name, tensor in plain.state_dict().items():
             assert torch.equal(tensor, task.state_dict()[name]), name
+
+
+def test_clipping_and_accumulation_on_the_direct_path_and_through_lightnings_dispatch():
+    """Both ways of running an inner step clip and accumulate as Lightning's own loop does:
+    41 batches an epoch in groups of 3 (the last group of 2 steps too)."""
+    own, trainer = _fit_digits(1, clip=0.05, accumulate=3)
+    direct, _ = _fit_digits(8, clip=0.05, accumulate=3)
+    dispatched, dispatched_trainer = _fit_digits(8, clip=0.05, accumulate=3, profiler="simple")
+    assert direct._direct_hooks is not None and dispatched._direct_hooks is None
+    assert trainer.global_step == dispatched_trainer.global_step == 2 * 14
+    for task in (direct, dispatched):
+        for name, tensor in own.state_dict().items():
+            assert torch.equal(tensor, task.state_dict()[name]), name
+    unclipped, _ = _fit_digits(8, accumulate=3)  # clipping did act
+    assert not all(torch.equal(t, unclipped.state_dict()[n]) for n, t in own.state_dict().items())

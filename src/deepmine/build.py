@@ -168,5 +168,12 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
     datamodule = datamodule if datamodule is not None else build_datamodule(cfg)
     task = build_task(cfg)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
-    trainer = checked_instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    # with task.steps_per_call > 1 the task clips and accumulates itself (manual optimization,
+    # which Lightning's Trainer refuses both options under); it read them from cfg.trainer
+    handed_over = (
+        {"gradient_clip_val": None, "accumulate_grad_batches": 1}
+        if getattr(task, "steps_per_call", 1) > 1
+        else {}
+    )
+    trainer = checked_instantiate(cfg.trainer, callbacks=callbacks, logger=False, **handed_over)
     return Parts(datamodule, task, trainer)

@@ -18,7 +18,7 @@ subclasses `Task` and provides:
 The base owns the rest: optimizer/scheduler completion, the hot training step (one loss, one
 state update, a running loss sum; `train/loss` only on the steps the logger writes),
 validation and test loops, `val/<monitor>_best`, and keeping that best across a resume, and
-`task.steps_per_call` (k optimizer steps per Lightning step, see `_init_steps_per_call`).
+`task.steps_per_call` (k batches per Lightning step, see `_init_steps_per_call`).
 
 Why the on-device sums: on the seed MLP at batch 32 (0.32 ms a step by hand) one `self.log`
 call cost about 0.5 ms in Lightning 2.6 (each call moves its whole result entry to the device
@@ -174,8 +174,9 @@ class Task(pl.LightningModule):
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets `_current_fx_name` around every hook it calls, about 47 times per
         # training step; `nn.Module.__setattr__` costs ~1 µs per call (it searches the
-        # parameter, buffer and module dicts), a plain attribute needs none of that.
-        if name == "_current_fx_name":
+        # parameter, buffer and module dicts), a plain attribute needs none of that (so also
+        # `_stepping`, set on every inner step of `task.steps_per_call`).
+        if name in ("_current_fx_name", "_stepping"):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -223,7 +224,7 @@ class Task(pl.LightningModule):
             # the steps Lightning's logger connector writes; logging on the others is discarded
             if self.steps_per_call == 1:
                 self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
-            else:
+            elif self._stepping:
                 self._log_inner_step(detached)
         return loss
 
@@ -234,7 +235,8 @@ class Task(pl.LightningModule):
     ) -> None:
         """With `steps_per_call` k > 1 one Lightning training step pulls k batches from the
         loader itself (Lightning's `dataloader_iter` step) and runs k optimizer steps on them
-        with manual optimization, so Lightning's per-step work (its loop, progress tracking,
+        (one per accumulation group with `trainer.accumulate_grad_batches`) with manual
+        optimization, so Lightning's per-step work (its loop, progress tracking,
         the logger connector, and of its hook dispatches 3 of the 6 callback hooks, each called
         on every callback, and 6 of the 11 LightningModule hooks) is paid once per k optimizer
         steps. The backward and optimizer-step hooks stay per step, as manual optimization
@@ -246,8 +248,14 @@ class Task(pl.LightningModule):
         automatic optimization; `global_step` counts optimizer steps either way; the logger's
         step counter advances once per batch, so `train/loss` and the epoch metrics are logged
         at the same steps with the same values; epoch-interval schedulers step where Lightning
-        would step them. Lightning refuses gradient clipping and accumulation under manual
-        optimization, so those are refused here, before any run opens."""
+        would step them. Gradient clipping and accumulation (`trainer.gradient_clip_val`,
+        `trainer.accumulate_grad_batches`), which Lightning's Trainer refuses under manual
+        optimization, are done here as its automatic loop does them: the Trainer is built
+        without them (`build`), each loss is scaled by 1/accumulate, gradients are zeroed on an
+        accumulation group's first batch, and the optimizer steps, after clipping
+        (`configure_gradient_clipping`), on the group's last batch or the epoch's last. One
+        difference: under manual optimization Lightning dispatches `on_before_optimizer_step`
+        inside `optimizer.step()`, so a hook listening there sees the gradients clipped."""
         if steps_per_call < 1:
             raise DeepmineError(
                 f"task.steps_per_call={steps_per_call} is not a positive number of steps",
@@ -255,18 +263,19 @@ class Task(pl.LightningModule):
             )
         self.steps_per_call = int(steps_per_call)
         self._direct_hooks = None  # decided when training starts (`_direct_dispatch`)
+        #: whether the batch `training_step` is running ends with an optimizer step (an inner
+        #: step of an accumulation group logs nothing, as in Lightning's automatic loop)
+        self._stepping = True
         if self.steps_per_call == 1:
             return
-        for name, value, neutral in (
-            ("gradient_clip_val", gradient_clip_val or None, None),
-            ("accumulate_grad_batches", accumulate_grad_batches, 1),
-        ):
-            if value != neutral:
-                raise DeepmineError(
-                    f"task.steps_per_call={steps_per_call} runs Lightning's manual "
-                    f"optimization, which does not support trainer.{name}={value}",
-                    f"drop trainer.{name} or use task.steps_per_call=1",
-                )
+        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+            raise DeepmineError(
+                f"trainer.accumulate_grad_batches={accumulate_grad_batches} is not a positive "
+                "number of batches",
+                "use trainer.accumulate_grad_batches=1 (no accumulation) or more, e.g. 4",
+            )
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val or None
         self.automatic_optimization = False
         # Lightning calls this step signature experimental; tests/test_steps_per_call.py pins
         # what deepmine relies on (same weights and metrics as Lightning's own loop)
@@ -280,41 +289,66 @@ class Task(pl.LightningModule):
         object.__setattr__(self, "training_step", self._steps_per_call_step)
 
     def _steps_per_call_step(self, dataloader_iter) -> torch.Tensor | None:
-        """Up to `steps_per_call` batches from the loader, one optimizer step each."""
+        """Up to `steps_per_call` batches from the loader, one optimizer step each (or one per
+        accumulation group)."""
         trainer = self.trainer
         epoch_loop = trainer.fit_loop.epoch_loop
         optimizer = self.optimizers()
+        group = self.accumulate_grad_batches
+        # the logger's step counts optimizer steps, as in Lightning's automatic loop
+        first_step, steps = epoch_loop._batches_that_stepped, 0
         loss_sum = None
-        for inner in range(self.steps_per_call):
+        for _ in range(self.steps_per_call):
             if 0 <= trainer.max_steps <= self.global_step:
                 break
             try:
                 batch, batch_idx, _ = next(dataloader_iter)
             except StopIteration:
                 break
-            if inner:  # Lightning advances the logger's step once, after the whole call
-                epoch_loop._batches_that_stepped += 1
+            # Lightning's automatic loop: zero on a group's first batch, step on its last or
+            # on the epoch's last (`dataloader_iter.done`: no batch left)
+            zero = batch_idx % group == 0
+            self._stepping = (batch_idx + 1) % group == 0 or dataloader_iter.done
+            epoch_loop._batches_that_stepped = first_step + steps
             if self._direct_hooks is None:
                 batch = trainer.precision_plugin.convert_input(batch)
                 batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
                 batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
                 loss = self._one_step(batch, batch_idx)
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                optimizer.step()
+                if zero:
+                    optimizer.zero_grad()
+                # x / 1 == x bit for bit: without accumulation the division is skipped
+                self.manual_backward(loss / group if group > 1 else loss)
+                if self._stepping:
+                    self._clip_gradients(optimizer.optimizer)
+                    optimizer.step()
             else:  # the same hooks and steps, called without Lightning's dispatch
                 for hook in self._direct_hooks:
                     batch = hook(batch)
                 loss = self._one_step(batch, batch_idx)
-                optimizer._on_before_step()  # counts the step in global_step
-                optimizer.optimizer.zero_grad()
-                loss.backward()
-                optimizer.optimizer.step()
-                optimizer._on_after_step()
+                if zero:
+                    optimizer.optimizer.zero_grad()
+                (loss / group if group > 1 else loss).backward()
+                if self._stepping:
+                    optimizer._on_before_step()  # counts the step in global_step
+                    self._clip_gradients(optimizer.optimizer)
+                    optimizer.optimizer.step()
+                    optimizer._on_after_step()
+            steps += self._stepping
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        self._stepping = True
+        # Lightning adds one to the logger's step after the call
+        epoch_loop._batches_that_stepped = first_step + steps - 1
         if dataloader_iter.done:
             self._step_epoch_schedulers()
         return loss_sum
+
+    def _clip_gradients(self, optimizer) -> None:
+        """What Lightning's automatic loop does before an optimizer step with
+        `trainer.gradient_clip_val` set: the task's `configure_gradient_clipping` hook, which
+        clips by the trainer's `gradient_clip_algorithm` (norm unless set)."""
+        if self.gradient_clip_val:
+            self.configure_gradient_clipping(optimizer, self.gradient_clip_val, None)
 
     def _direct_dispatch(self) -> list[Callable] | None:
         """The batch hooks of an inner step as plain calls, or None where Lightning's dispatch
