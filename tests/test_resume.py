@@ -6,18 +6,30 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from conftest import one_line_error, start_cli
 
 CONFIG = ("data=digits", "data.batch_size=8", "trainer.max_epochs=6", "print_config=false")
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(sandbox):
-    reference = sandbox.train(*CONFIG)
+@pytest.mark.parametrize(
+    "loop",
+    [
+        (),  # Lightning's own loop
+        # k batches a Lightning step, accumulating in groups of 3 (task.steps_per_call)
+        ("task.steps_per_call=8", "+trainer.accumulate_grad_batches=3"),
+    ],
+    ids=["lightning_loop", "steps_per_call_8_accumulate_3"],
+)
+def test_interrupted_then_resumed_equals_uninterrupted(sandbox, loop):
+    config = (*CONFIG, *loop)
+    reference = sandbox.train(*config)
     assert reference.returncode == 0, reference.stderr[-3000:]
     (uninterrupted,) = sandbox.runs()
     before = {p.parent.parent for p in sandbox.logs.glob("train/runs/*/*/checkpoints/last.ckpt")}
 
-    run = start_cli("train", *sandbox.overrides(*CONFIG), cwd=sandbox.cwd)
+    run = start_cli("train", *sandbox.overrides(*config), cwd=sandbox.cwd)
     deadline = time.monotonic() + 120
     while not (
         {p.parent.parent for p in sandbox.logs.glob("train/runs/*/*/checkpoints/last.ckpt")}
