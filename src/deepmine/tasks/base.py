@@ -233,29 +233,28 @@ class Task(pl.LightningModule):
     def _init_steps_per_call(
         self, steps_per_call: int, gradient_clip_val: float | None, accumulate_grad_batches: int
     ) -> None:
-        """With `steps_per_call` k > 1 one Lightning training step pulls k batches from the
-        loader itself (Lightning's `dataloader_iter` step) and runs k optimizer steps on them
-        (one per accumulation group with `trainer.accumulate_grad_batches`) with manual
-        optimization, so Lightning's per-step work (its loop, progress tracking,
-        the logger connector, and of its hook dispatches 3 of the 6 callback hooks, each called
-        on every callback, and 6 of the 11 LightningModule hooks) is paid once per k optimizer
-        steps. The backward and optimizer-step hooks stay per step, as manual optimization
-        dispatches them; where nothing listens to them the inner steps skip the dispatch
-        (`_direct_dispatch`).
+        """With `steps_per_call` k > 1 one Lightning training step pulls k batches from the loader
+        itself (Lightning's `dataloader_iter` step) and runs k optimizer steps on them (one per
+        accumulation group with `trainer.accumulate_grad_batches`) with manual optimization, so
+        Lightning's per-step work (its loop, progress tracking, the logger connector, and of its
+        hook dispatches 3 of the 6 callback hooks, each called on every callback, and 6 of the 11
+        LightningModule hooks) is paid once per k batches. The backward and optimizer-step hooks
+        stay per step, as manual optimization dispatches them; where nothing listens to them the
+        inner steps skip the dispatch (`_direct_dispatch`).
 
         What keeps it exact: each batch goes through the same transfer hooks (augmentation
         included), the same `training_step` and the same zero_grad/backward/step as Lightning's
-        automatic optimization; `global_step` counts optimizer steps either way; the logger's
-        step counter advances once per batch, so `train/loss` and the epoch metrics are logged
-        at the same steps with the same values; epoch-interval schedulers step where Lightning
-        would step them. Gradient clipping and accumulation (`trainer.gradient_clip_val`,
+        automatic optimization; `global_step` counts optimizer steps either way; the logger's step
+        counter advances once per optimizer step, so `train/loss` and the epoch metrics are logged
+        at the same steps with the same values; epoch-interval schedulers step where Lightning would
+        step them. Gradient clipping and accumulation (`trainer.gradient_clip_val`,
         `trainer.accumulate_grad_batches`), which Lightning's Trainer refuses under manual
-        optimization, are done here as its automatic loop does them: the Trainer is built
-        without them (`build`), each loss is scaled by 1/accumulate, gradients are zeroed on an
-        accumulation group's first batch, and the optimizer steps, after clipping
+        optimization, are done here as its automatic loop does them: the Trainer is built without
+        them (`build`), each loss is scaled by 1/accumulate, gradients are zeroed on an accumulation
+        group's first batch, and the optimizer steps, after clipping
         (`configure_gradient_clipping`), on the group's last batch or the epoch's last. One
-        difference: under manual optimization Lightning dispatches `on_before_optimizer_step`
-        inside `optimizer.step()`, so a hook listening there sees the gradients clipped."""
+        difference: under manual optimization Lightning dispatches `on_before_optimizer_step` inside
+        `optimizer.step()`, so a hook listening there sees the gradients clipped."""
         if steps_per_call < 1:
             raise DeepmineError(
                 f"task.steps_per_call={steps_per_call} is not a positive number of steps",
