@@ -2,7 +2,7 @@
 
 Each trial is a fresh process (a warm page cache, as on a researcher's machine after the first
 run): the launch-to-CLI time (interpreter, `deepmine.cli`), then deepmine's own start-up marks
-(deepmine.timeline, in the run's metrics.json). Compared with the bare `import torch,
+(deepmine.runtime.timeline, in the run's metrics.json). Compared with the bare `import torch,
 lightning.pytorch` of a fresh interpreter, and `deepmine --help`.
 
     python benchmarks/first_step.py [--trials 5]

@@ -42,10 +42,10 @@ def use_cpu_clock() -> None:
 
     import common
 
-    import deepmine.callbacks
+    import deepmine.runtime.callbacks
 
     clock = SimpleNamespace(perf_counter=time.process_time)
-    common.time = deepmine.callbacks.time = clock
+    common.time = deepmine.runtime.callbacks.time = clock
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from deepmine.build import build, build_datamodule
 from deepmine.config import register_resolvers
 from deepmine.data.augment import BatchAugmentation, PixelSpace, batch_augmentation
 from deepmine.errors import DeepmineError
-from deepmine.seeding import seed_everything
+from deepmine.runtime.seeding import seed_everything
 
 register_resolvers()
 CONF = ROOT / "conf"

@@ -125,7 +125,7 @@ def test_optuna_search_config_is_a_valid_search(tmp_path):
 
 
 def test_ddp_trainer_is_two_gloo_cpu_processes(tmp_path):
-    from deepmine.distributed import is_ddp, local_world_size
+    from deepmine.runtime.distributed import is_ddp, local_world_size
 
     cfg = compose_cfg(tmp_path, "trainer=ddp")
     assert is_ddp(cfg) and local_world_size(cfg) == 2
@@ -246,7 +246,7 @@ def test_the_lr_monitor_runs_only_when_a_scheduler_changes_the_rate(tmp_path, sc
 
 def _unfolded(callbacks: list) -> list:
     """The callbacks with deepmine's folded ones listed one by one."""
-    from deepmine.callbacks import FoldedCallbacks
+    from deepmine.runtime.callbacks import FoldedCallbacks
 
     flat = []
     for callback in callbacks:
@@ -308,7 +308,7 @@ def test_callbacks_are_name_keyed_and_each_can_be_nulled(tmp_path):
 def test_folded_callbacks_call_each_hook_on_the_members_that_define_it_in_order():
     import lightning.pytorch as pl
 
-    from deepmine.callbacks import FoldedCallbacks, find_callback, fold, listens
+    from deepmine.runtime.callbacks import FoldedCallbacks, find_callback, fold, listens
 
     calls = []
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from deepmine import interrupts
+from deepmine.runtime import interrupts
 
 
 def test_signal_inside_critical_is_deferred_to_its_end():

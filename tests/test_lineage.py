@@ -42,7 +42,7 @@ def test_multirun_records_one_run_per_job(sandbox):
 
 
 def test_pip_freeze_is_computed_once_per_environment_and_commit(tmp_path, monkeypatch):
-    from deepmine import lineage
+    from deepmine.provenance import lineage
 
     monkeypatch.setattr(lineage, "_pip_freeze", None)
     first = lineage.start_pip_freeze(tmp_path, lineage.GitState("a" * 40, "main", False, "", ""))

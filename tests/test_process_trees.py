@@ -180,7 +180,7 @@ def _stuck_pip_env(tmp_path: Path) -> dict[str, str]:
     ],
 )
 def test_no_pip_freeze_outlives_a_stopped_run(sandbox, tmp_path, sig, when):
-    # a cache of its own: a cached freeze (deepmine.lineage) starts no pip at all
+    # a cache of its own: a cached freeze (deepmine.provenance.lineage) starts no pip at all
     args = ["train", *sandbox.overrides(*LONG, f"paths.cache_dir={tmp_path / 'cache'}")]
     with started(sandbox, *args, env=_stuck_pip_env(tmp_path)) as tree:
         tree.wait_for("pip freeze", lambda: bool(tree.named("pip", "freeze")))
@@ -213,7 +213,7 @@ def test_a_finished_run_leaves_no_pip_freeze(sandbox, tmp_path):
 def test_no_ddp_rank_outlives_sigterm(sandbox, when):
     args = ["train", *sandbox.overrides(*LONG, "trainer=ddp")]
     with started(sandbox, *args) as tree:
-        tree.wait_for("rank 1", lambda: bool(tree.named("deepmine.distributed")))
+        tree.wait_for("rank 1", lambda: bool(tree.named("deepmine.runtime.distributed")))
         if when == "training":
             tree.wait_for("training", _training(sandbox, "train/runs/*/*/checkpoints/epoch*.ckpt"))
         start = time.time()

@@ -456,7 +456,7 @@ def test_ddp_robust_metrics_equal_a_single_process_evaluation(sandbox, tmp_path)
     that depends on the batch size could flip a prediction, and here none does."""
     from conftest import run_cli
     from deepmine.build import build
-    from deepmine.checkpoints import load_weights
+    from deepmine.runtime.checkpoints import load_weights
 
     robust_val = ("task.val_attack=pgd", "task.val_attack_samples=100", "task.monitor=robust_acc")
     proc = sandbox.train(

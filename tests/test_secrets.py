@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import one_line_error, run_cli
-from deepmine import secrets
+from deepmine.provenance import secrets
 from deepmine.errors import DeepmineError
 
 PASSWORD = "hunter2-SECRET"

@@ -121,7 +121,7 @@ def test_the_nan_check_keeps_its_interval_when_steps_jump_by_k():
     multiple of check_every_n_steps, also when global_step moves 8 steps per Lightning step."""
     from types import SimpleNamespace
 
-    from deepmine.callbacks import NonFiniteLoss, StopOnNonFiniteLoss
+    from deepmine.runtime.callbacks import NonFiniteLoss, StopOnNonFiniteLoss
 
     guard = StopOnNonFiniteLoss(check_every_n_steps=50)
     trainer = SimpleNamespace(global_step=0)

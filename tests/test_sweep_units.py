@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from deepmine.data.batches import TensorBatches
 from deepmine.errors import DeepmineError
-from deepmine.process_state import isolated
+from deepmine.runtime.process_state import isolated
 from deepmine.sweeps.space import parse
 from deepmine.sweeps.summary import JobRow, Summary
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, one_line_error, run_cli
-from deepmine import trust
+from deepmine.provenance import trust
 from deepmine.errors import DeepmineError
 
 EVIL = "subprocess.Popen"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepmine.checkpoints import load_weights
+from deepmine.runtime.checkpoints import load_weights
 from deepmine.data.batches import TensorBatches
 from deepmine.data.idx import read_idx
 from deepmine.errors import DeepmineError

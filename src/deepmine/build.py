@@ -57,12 +57,12 @@ def build_callbacks(cfg: DictConfig) -> list:
     The learning-rate monitor runs only with a scheduler: without one the rate is the param
     `optimizer.lr`, and a constant `lr-<Optimizer>` curve would lead every run's metric list
     (and the UI's default parallel-coordinates plot) with nothing to see."""
-    from deepmine.callbacks import fold
+    from deepmine.runtime.callbacks import fold
 
     callbacks = dict(cfg.get("callbacks") or {})
     if cfg.get("scheduler") is None:
         callbacks.pop("lr_monitor", None)
-    # deepmine's own are folded into one callback (deepmine.callbacks.fold: fewer dispatches
+    # deepmine's own are folded into one callback (deepmine.runtime.callbacks.fold: fewer dispatches
     # per step), each still switched by its own key
     return fold([checked_instantiate(c) for c in callbacks.values() if c is not None])
 

@@ -80,7 +80,7 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Claim,
             + "pick one of them, or add experiments/<name>.yaml",
         )
     cfg = compose_train([f"experiment={name}", *overrides])
-    from deepmine.trust import warn_targets
+    from deepmine.provenance.trust import warn_targets
 
     warn_targets(cfg, f"experiments/{name}.yaml")  # local code: warned about, not refused
     raw = cfg.get("claim")

@@ -75,7 +75,7 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deepmine import timeline
+    from deepmine.runtime import timeline
 
     timeline.mark("cli_start")
     argv = list(sys.argv[1:] if argv is None else argv)

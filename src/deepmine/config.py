@@ -270,7 +270,7 @@ def report_errors(task):
         try:
             return task(cfg)
         except DeepmineError as exc:
-            from deepmine.secrets import mask_values, secret_values
+            from deepmine.provenance.secrets import mask_values, secret_values
 
             # the line may quote an override (a secret pasted into the wrong option)
             overrides = list(HydraConfig.get().overrides.task)

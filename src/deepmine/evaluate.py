@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict:
             if store is None:
                 raise DeepmineError("run_id needs an MLflow store", "drop logger=none")
             from deepmine.tracking.fetch import recorded_config_and_checkpoint
-            from deepmine.trust import check_targets
+            from deepmine.provenance.trust import check_targets
 
             config_path, checkpoint = recorded_config_and_checkpoint(store, cfg.run_id, Path(tmp))
             model_cfg = OmegaConf.load(config_path)
@@ -70,7 +70,7 @@ def evaluate(cfg: DictConfig) -> dict:
 def _check_source(cfg: DictConfig, store) -> None:
     """One source, and a ckpt_path that is a checkpoint; the fix names a real run to evaluate
     (its recorded config fits its checkpoint, which a bare ckpt_path needs overrides for)."""
-    from deepmine.checkpoints import GENERIC_FIX, check_is_checkpoint
+    from deepmine.runtime.checkpoints import GENERIC_FIX, check_is_checkpoint
     from deepmine.tracking.fetch import latest_run_id
 
     latest = latest_run_id(store) if store is not None else None
@@ -95,8 +95,8 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
     from hydra.utils import instantiate
 
     from deepmine.build import build_datamodule, build_task
-    from deepmine.checkpoints import load_weights
-    from deepmine.seeding import seed_everything
+    from deepmine.runtime.checkpoints import load_weights
+    from deepmine.runtime.seeding import seed_everything
 
     seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
     datamodule = build_datamodule(model_cfg)
@@ -107,7 +107,7 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
         tested = trainer.test(task, datamodule=datamodule, verbose=False)
         return {k: float(v) for k, v in tested[0].items()}, None
 
-    from deepmine.secrets import (
+    from deepmine.provenance.secrets import (
         MASK,
         is_secret_key,
         mask_config,
@@ -117,7 +117,7 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
     )
     from deepmine.tracking.run import recorded_run
 
-    # what is recorded is masked (deepmine.secrets): this command's secret overrides and the
+    # what is recorded is masked (deepmine.provenance.secrets): this command's secret overrides and the
     # model config's secrets (a checkpoint's config is this command's own)
     overrides = list(HydraConfig.get().overrides.task)
     values = secret_values(cfg, overrides) | secret_values(model_cfg)

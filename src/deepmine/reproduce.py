@@ -29,7 +29,7 @@ from deepmine.compare.stats import Summary as Stats
 from deepmine.compare.stats import summarize
 from deepmine.errors import DeepmineError
 from deepmine.project import project_root
-from deepmine.secrets import mask_overrides
+from deepmine.provenance.secrets import mask_overrides
 
 REPORT_FILE = "REPRODUCTION.md"
 _RESULTS_MARK = "<!-- deepmine:results "
@@ -319,14 +319,14 @@ def reproduce_run(
 ) -> bool:
     """Re-execute recorded run `run_id` from what MLflow holds and compare every final metric;
     True when all are identical. The recorded overrides are untrusted: their composed config's
-    `_target_`s are checked (`deepmine.trust`) unless `trust`; a masked secret is refused."""
+    `_target_`s are checked (`deepmine.provenance.trust`) unless `trust`; a masked secret is refused."""
     import tempfile
 
     from deepmine.claims import compose_train
     from deepmine.tracking.fetch import get_run, recorded_overrides
     from deepmine.tracking.store import connect
     from deepmine.tracking.ui import default_tracking_uri
-    from deepmine.trust import check_targets
+    from deepmine.provenance.trust import check_targets
 
     root = project_root()
     store = connect(tracking_uri or default_tracking_uri())
@@ -398,7 +398,7 @@ def quoted(value: str) -> str:
 
 def _check_origin(tags: dict, root: Path, checkout: bool) -> RunCheck:
     from deepmine.data.version import DVC_FILE, check, pull_command, read_pin
-    from deepmine.lineage import git_state, package_versions
+    from deepmine.provenance.lineage import git_state, package_versions
 
     result = RunCheck()
     commit = tags.get("deepmine.git.commit", "unknown")

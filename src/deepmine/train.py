@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine import interrupts, timeline
+from deepmine.runtime import interrupts, timeline
 from deepmine.config import (
     check_override_types,
     check_seed,
@@ -47,12 +47,13 @@ def main(cfg: DictConfig) -> float | None:
 
 def train(cfg: DictConfig) -> float | None:
     """One run (or one job of a sweep); the process is left as it was found (see
-    `deepmine.process_state`), so the next job in the same process starts clean."""
-    from deepmine.process_state import isolated
+    `deepmine.runtime.process_state`), so the next job in the same process starts clean."""
+    from deepmine.runtime.process_state import isolated
+    from deepmine.tracking.store import end_fluent_runs
 
     timeline.start_job()
     timeline.mark("composed")
-    with isolated():
+    with isolated(end_fluent_runs):
         return _train(cfg)
 
 
@@ -76,9 +77,9 @@ def _train(cfg: DictConfig) -> float | None:
     if cfg.get("print_config"):
         _print_config(cfg)
 
-    from deepmine import distributed
+    from deepmine.runtime import distributed
     from deepmine.build import build, build_datamodule
-    from deepmine.seeding import seed_everything
+    from deepmine.runtime.seeding import seed_everything
 
     seed_everything(seed, deterministic=bool(cfg.trainer.get("deterministic")))
     output_dir = Path(cfg.paths.output_dir)
@@ -119,7 +120,7 @@ def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
     import tempfile
 
     from deepmine.tracking.fetch import get_run, recorded_overrides
-    from deepmine.trust import check_targets
+    from deepmine.provenance.trust import check_targets
 
     store = connect_store(cfg)
     if store is None:
@@ -157,8 +158,8 @@ def _recorded(
     cfg, parts, store, overrides, seed, data_tags, job, pruned_errors, resumed=None
 ) -> float | None:
     """Fit and test inside an MLflow run that is closed FINISHED, FAILED or KILLED."""
-    from deepmine.lineage import git_state, start_pip_freeze
-    from deepmine.secrets import mask_overrides, mask_values, secret_values
+    from deepmine.provenance.lineage import git_state, start_pip_freeze
+    from deepmine.provenance.secrets import mask_overrides, mask_values, secret_values
     from deepmine.tracking.run import recorded_run
 
     output_dir = Path(cfg.paths.output_dir)
@@ -240,7 +241,7 @@ def _failure_fix(exc: BaseException, cfg: DictConfig) -> str:
     anything else points at the recorded traceback."""
     import errno
 
-    from deepmine.callbacks import NonFiniteLoss
+    from deepmine.runtime.callbacks import NonFiniteLoss
 
     if isinstance(exc, NonFiniteLoss):
         lr = float(cfg.optimizer.get("lr") or 1e-3)
@@ -378,7 +379,7 @@ def _run_name(hydra_cfg, overrides: list[str], secrets: set[str] = frozenset()) 
     `RUN_NAME_CHARS` characters."""
     from fnmatch import fnmatchcase
 
-    from deepmine.secrets import mask_overrides
+    from deepmine.provenance.secrets import mask_overrides
     from deepmine.sweeps.names import short_keys
 
     choices = hydra_cfg.runtime.choices
@@ -463,8 +464,14 @@ def _check_register(cfg: DictConfig) -> None:
 def _start_tags(cfg: DictConfig, overrides: list[str], seed: int, data_tags: dict, git) -> dict:
     import torch
 
-    from deepmine.lineage import source_tags
-    from deepmine.secrets import MASK, is_secret_key, mask_overrides, mask_values, secret_values
+    from deepmine.provenance.lineage import source_tags
+    from deepmine.provenance.secrets import (
+        MASK,
+        is_secret_key,
+        mask_overrides,
+        mask_values,
+        secret_values,
+    )
 
     values = secret_values(cfg, overrides)
     shown = mask_overrides(overrides, values)
@@ -507,9 +514,9 @@ def _record_start(run, cfg: DictConfig, output_dir: Path, git) -> None:
             indent=2,
         )
     )
-    from deepmine.secrets import mask_config, mask_text, mask_values, secret_values
+    from deepmine.provenance.secrets import mask_config, mask_text, mask_values, secret_values
 
-    # what is recorded is masked (deepmine.secrets); `cfg` itself, what trains, is not
+    # what is recorded is masked (deepmine.provenance.secrets); `cfg` itself, what trains, is not
     hydra_cfg = HydraConfig.get()
     values = secret_values(cfg, hydra_cfg.overrides.task)
     masked = mask_config(cfg)
@@ -539,7 +546,7 @@ def _record_data_and_group(run, cfg: DictConfig, datamodule, data_tags: dict) ->
 
 
 def _fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:
-    from deepmine.callbacks import EpochTimer, find_callback
+    from deepmine.runtime.callbacks import EpochTimer, find_callback
 
     trainer, task, datamodule = parts.trainer, parts.task, parts.datamodule
     # weights_only: a checkpoint holds tensors and plain values only (RNG states included), so
@@ -585,7 +592,7 @@ def _summary(cfg: DictConfig, result: dict) -> dict:
         # each epoch (training and validation): what benchmarks/ compares
         "fit_seconds": result["fit_seconds"],
         "epoch_seconds": result["epoch_seconds"],
-        # seconds from entering the CLI to each start-up step (deepmine.timeline)
+        # seconds from entering the CLI to each start-up step (deepmine.runtime.timeline)
         "startup": timeline.since_cli(),
     }
 

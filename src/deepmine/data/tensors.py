@@ -27,7 +27,7 @@ from typing import ClassVar
 import lightning.pytorch as pl
 import torch
 
-from deepmine import timeline
+from deepmine.runtime import timeline
 from deepmine.data.batches import TensorBatches
 from deepmine.errors import DeepmineError
 

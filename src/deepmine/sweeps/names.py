@@ -60,7 +60,7 @@ def shown(value: object, digits: int | None = None) -> str:
 def label(values: Mapping[str, object], keys: Iterable[str] | None = None, digits=None) -> str:
     """`lr=0.01 seed=2`: `values` with their keys shortened among `keys` (default: their own);
     a secret key's value is masked."""
-    from deepmine.secrets import MASK, is_secret_key
+    from deepmine.provenance.secrets import MASK, is_secret_key
 
     short = short_keys(keys if keys is not None else values)
     return " ".join(

@@ -10,7 +10,7 @@ The parent is named by its space (`grid lr×seed`), and it records the base conf
 swept keys marked: `optimizer.lr = swept: 1e-3,1e-2`, not the base value `0.001` the sweep never
 ran at (a swept config group, `net=mlp,cnn`, drops the base choice's `net.*` params too).
 
-Secrets (`deepmine.secrets`) are masked in everything the parent records: its tags, params,
+Secrets (`deepmine.provenance.secrets`) are masked in everything the parent records: its tags, params,
 `sweep/multirun.yaml`, the summary, and the errors of failed jobs. Each job masks its own run.
 """
 
@@ -68,7 +68,7 @@ class SweepInfo:
 def task_config(config: DictConfig) -> dict:
     """The sweep's base config as plain data: everything but the `hydra` node, resolved, with
     the per-job output folder replaced by the sweep folder, and its secrets masked."""
-    from deepmine.secrets import mask_config
+    from deepmine.provenance.secrets import mask_config
 
     return mask_config(_task(config))
 
@@ -97,7 +97,7 @@ def honest_params(config: dict, swept: dict[str, str]) -> dict[str, str]:
 
 def sweep_secrets(config: DictConfig) -> set[str]:
     """The secret values of a sweep: in its base config and on its command line."""
-    from deepmine.secrets import secret_values
+    from deepmine.provenance.secrets import secret_values
 
     overrides = [*OmegaConf.select(config, "hydra.overrides.task", default=[]), *sys.argv[1:]]
     return secret_values(_task(config), overrides)
@@ -119,7 +119,7 @@ class SweepRecord:
 
     def mask(self, text: str) -> str:
         """`text` with the sweep's secret values masked (free text: errors, tracebacks)."""
-        from deepmine.secrets import mask_values
+        from deepmine.provenance.secrets import mask_values
 
         return mask_values(text, self.secrets)
 
@@ -127,8 +127,8 @@ class SweepRecord:
     def opened(self, reopen_run_id: str | None = None) -> Iterator[SweepRecord]:
         """The parent run is open for the block (no run at all with `logger=none`); it is
         closed FINISHED, FAILED (jobs failed) or KILLED (Ctrl-C/SIGTERM)."""
-        from deepmine import interrupts
-        from deepmine.secrets import mask_text
+        from deepmine.runtime import interrupts
+        from deepmine.provenance.secrets import mask_text
 
         logger = self.config.get("logger")
         Path(self.info.sweep_dir).mkdir(parents=True, exist_ok=True)
@@ -191,13 +191,13 @@ class SweepRecord:
     def _space(self) -> list[str]:
         """The search space as recorded: a secret key's values are masked (an Optuna space
         holds every command-line override)."""
-        from deepmine.secrets import mask_overrides
+        from deepmine.provenance.secrets import mask_overrides
 
         return mask_overrides(self.space, self.secrets)
 
     def _tags(self) -> dict[str, str]:
-        from deepmine.lineage import git_state, source_tags
-        from deepmine.secrets import mask_overrides
+        from deepmine.provenance.lineage import git_state, source_tags
+        from deepmine.provenance.secrets import mask_overrides
 
         git = git_state(Path(self.config.paths.root_dir))
         argv = mask_overrides(sys.argv, self.secrets)
@@ -267,7 +267,7 @@ class SweepRecord:
     def _masked_row(self, row: JobRow) -> JobRow:
         """A summary row as recorded: a swept secret key's value is `***`, and known secret
         values are masked in the rest (a failed job's error echoes what it was given)."""
-        from deepmine.secrets import MASK, is_secret_key
+        from deepmine.provenance.secrets import MASK, is_secret_key
 
         params = {
             k: MASK if is_secret_key(k) else (self.mask(v) if isinstance(v, str) else v)

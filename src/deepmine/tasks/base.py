@@ -46,7 +46,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection, MinMetric
 
-from deepmine.callbacks import listens
+from deepmine.runtime.callbacks import listens
 from deepmine.errors import DeepmineError
 
 MODES = ("max", "min")

@@ -100,7 +100,7 @@ def dvc_remote_url(root: Path) -> str | None:
     a password written into it masked; None without remotes. Reads DVC's config files only."""
     from dvc.config import Config
 
-    from deepmine.secrets import MASK
+    from deepmine.provenance.secrets import MASK
 
     try:
         config = Config(dvc_dir=str(root / ".dvc"))

@@ -60,7 +60,7 @@ def recorded_overrides(
     the key (`fix` says how, for commands that take no overrides)."""
     import yaml
 
-    from deepmine.secrets import unmasked_overrides
+    from deepmine.provenance.secrets import unmasked_overrides
 
     get_run(store, run_id)
     names = {a.path for a in store.client.list_artifacts(run_id, "config")}

@@ -2,7 +2,7 @@
 
 Lightning's MLFlowLogger cuts values to 250 characters; MLflow itself accepts 6000, so only
 values past that are shortened (with a pointer to config/config.yaml, which is always complete).
-A key that looks secret (see `deepmine.secrets`) is recorded as `***`, whatever its value.
+A key that looks secret (see `deepmine.provenance.secrets`) is recorded as `***`, whatever its value.
 
 Params are what the MLflow UI and `deepmine compare` diff between runs, so they hold no machine
 paths (`portable`): the same config run from two clones, or twice, logs the same params. Paths
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from deepmine.secrets import MASK, is_secret_key
+from deepmine.provenance.secrets import MASK, is_secret_key
 
 MAX_VALUE = 6000
 MAX_KEY = 250

@@ -3,7 +3,7 @@
 `recorded_run` ends the run FINISHED when its block returns, KILLED on Ctrl-C or SIGTERM
 (Lightning turns Ctrl-C into `sys.exit(1)`; the KeyboardInterrupt is still its context), and
 FAILED on any other exception, with the error as a tag and the traceback as an artifact (known
-secret values masked in both, see `deepmine.secrets`). No path leaves a run RUNNING.
+secret values masked in both, see `deepmine.provenance.secrets`). No path leaves a run RUNNING.
 
 No path but one: a process killed by SIGKILL (or the OOM killer, or a lost machine) runs no
 code, so its run stays RUNNING. While a run is open it therefore carries a heartbeat: the host
@@ -111,7 +111,7 @@ class RecordedRun:
     def fail(self, reason: str) -> None:
         """Close the run FAILED when its block ends, without an exception (a sweep whose jobs
         failed has itself run to the end)."""
-        from deepmine.secrets import mask_values
+        from deepmine.provenance.secrets import mask_values
 
         self.end_status = "FAILED"
         reason = mask_values(reason, self.secret_values)
@@ -190,9 +190,9 @@ def recorded_run(
 
     `reopen_run_id` continues an existing run of the experiment instead (a resumed sweep): it is
     set back to RUNNING, its tags updated, and closed the same way. `secret_values` (see
-    `deepmine.secrets.secret_values`) are masked in the error and traceback of a failure.
+    `deepmine.provenance.secrets.secret_values`) are masked in the error and traceback of a failure.
     """
-    from deepmine.interrupts import critical
+    from deepmine.runtime.interrupts import critical
 
     experiment_id = store.experiment_id(experiment_name)
     run = heartbeat = None
@@ -265,7 +265,7 @@ def _reopen(store: Store, run_id: str, experiment_id: str, tags: dict[str, str])
 
 
 def _record_error(run: RecordedRun, exc: BaseException, status: str) -> None:
-    from deepmine.secrets import mask_values
+    from deepmine.provenance.secrets import mask_values
 
     # a secret can sit in an error message (a value echoed back, an interpolated option)
     text = mask_values("".join(traceback.format_exception(exc)), run.secret_values)

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from deepmine.errors import DeepmineError
-from deepmine.secrets import MASK, mask_values
+from deepmine.provenance.secrets import MASK, mask_values
 from deepmine.tracking.ui import default_workers, run_group
 
 #: seconds to wait for the database to answer before it is reported unreachable

@@ -206,7 +206,7 @@ def _store_error(tracking_uri: str, exc: Exception) -> DeepmineError:
 
 
 class _InterruptSafeClient:
-    """An MlflowClient whose every call runs inside `deepmine.interrupts.critical()`."""
+    """An MlflowClient whose every call runs inside `deepmine.runtime.interrupts.critical()`."""
 
     def __init__(self, client):
         self._client = client
@@ -217,7 +217,7 @@ class _InterruptSafeClient:
             return attribute
 
         def call(*args, **kwargs):
-            from deepmine.interrupts import critical
+            from deepmine.runtime.interrupts import critical
 
             with critical():
                 return attribute(*args, **kwargs)
@@ -319,7 +319,14 @@ def _shown(uri: str) -> str:
 
 
 def end_fluent_runs() -> None:
-    """End runs left active on MLflow's fluent stack (KILLED: nobody closed them)."""
+    """End runs left active on MLflow's fluent stack (KILLED: nobody closed them). deepmine logs
+    through explicit clients, but user code (callbacks, autolog) may have used
+    `mlflow.start_run`; a run left active would capture the next job's fluent calls. A process
+    that never imported mlflow has none."""
+    import sys
+
+    if "mlflow" not in sys.modules:
+        return
     import mlflow
 
     while mlflow.active_run() is not None:

@@ -7,7 +7,7 @@ but trains only in spawned children: the Lightning logger's history, the test co
 and other state never return to the process that records the run.
 
 So deepmine does what a cluster launcher (torchrun, srun) does: this process is rank 0, and each
-other rank is `python -m deepmine.distributed <resolved config>` with `LOCAL_RANK`, `WORLD_SIZE`,
+other rank is `python -m deepmine.runtime.distributed <resolved config>` with `LOCAL_RANK`, `WORLD_SIZE`,
 `MASTER_ADDR` and `MASTER_PORT` set. Lightning sees the ranks were created externally and
 launches nothing. Ranks > 0 build the same parts from the same resolved config, train and test
 in lockstep and record nothing: rank 0 owns the MLflow run. Where a cluster already started
@@ -116,7 +116,13 @@ def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
         log = (folder / f"rank{rank}.log").open("w")
         env = {**os.environ, **common, "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
         # the rank dies with this process however it ends (see `interrupts.die_with_parent`)
-        command = [sys.executable, "-m", "deepmine.distributed", str(config_path), str(os.getpid())]
+        command = [
+            sys.executable,
+            "-m",
+            "deepmine.runtime.distributed",
+            str(config_path),
+            str(os.getpid()),
+        ]
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append((rank, process, log))
     saved = {k: os.environ.get(k) for k in RANK_ENV}
@@ -170,7 +176,7 @@ def run_rank(config_path: str) -> None:
     """Rank > 0: same seed, same parts, same fit and test as rank 0; no logger, no records."""
     from deepmine.build import build
     from deepmine.config import register_resolvers
-    from deepmine.seeding import seed_everything
+    from deepmine.runtime.seeding import seed_everything
 
     register_resolvers()
     cfg = OmegaConf.load(config_path)
@@ -187,7 +193,7 @@ def run_rank(config_path: str) -> None:
 
 
 if __name__ == "__main__":
-    from deepmine.interrupts import die_with_parent
+    from deepmine.runtime.interrupts import die_with_parent
 
     die_with_parent(int(sys.argv[2]))
     run_rank(sys.argv[1])

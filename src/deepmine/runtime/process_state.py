@@ -6,7 +6,8 @@ process-wide then leaks into the next job: environment variables (`PL_GLOBAL_SEE
 `CUBLAS_WORKSPACE_CONFIG`, the DDP rank variables), the global RNG states, torch's
 deterministic-algorithm and cuDNN flags, its thread count, a torch.distributed process group,
 and MLflow's fluent active-run stack. `isolated()` snapshots all of them before a run and puts
-them back afterwards, whatever way the run ends.
+them back afterwards, whatever way the run ends; what lives in a layer above this one (MLflow's
+stack, `deepmine.tracking`) is handed in as a cleanup, so this room imports no tracking code.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
-def isolated() -> Iterator[None]:
+def isolated(*cleanups: Callable[[], None]) -> Iterator[None]:
     import numpy as np
     import torch
 
@@ -36,7 +36,8 @@ def isolated() -> Iterator[None]:
         yield
     finally:
         _end_process_group()
-        _end_fluent_mlflow_runs()
+        for cleanup in cleanups:
+            cleanup()
         os.environ.clear()
         os.environ.update(environ)
         random.setstate(rng[0])
@@ -55,13 +56,3 @@ def _end_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _end_fluent_mlflow_runs() -> None:
-    """deepmine logs through explicit clients, but user code (callbacks, autolog) may have used
-    `mlflow.start_run`; a run left active would capture the next job's fluent calls."""
-    if "mlflow" not in sys.modules:
-        return
-    from deepmine.tracking.store import end_fluent_runs
-
-    end_fluent_runs()

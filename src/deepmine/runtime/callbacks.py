@@ -19,7 +19,7 @@ import time
 import lightning.pytorch as pl
 import torch
 
-from deepmine import timeline
+from deepmine.runtime import timeline
 
 
 class NonFiniteLoss(FloatingPointError):
