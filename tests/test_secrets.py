@@ -12,8 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import one_line_error, run_cli
-from deepmine.provenance import secrets
 from deepmine.errors import DeepmineError
+from deepmine.provenance import secrets
 
 PASSWORD = "hunter2-SECRET"
 TOKEN = "tok-XYZ"

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, one_line_error, run_cli
-from deepmine.provenance import trust
 from deepmine.errors import DeepmineError
+from deepmine.provenance import trust
 
 EVIL = "subprocess.Popen"
 CONF = ROOT / "conf"

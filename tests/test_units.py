@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepmine.runtime.checkpoints import load_weights
 from deepmine.data.batches import TensorBatches
 from deepmine.data.idx import read_idx
 from deepmine.errors import DeepmineError
+from deepmine.runtime.checkpoints import load_weights
 from deepmine.tracking.params import MAX_VALUE, batches, flatten
 
 

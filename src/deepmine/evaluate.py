@@ -41,8 +41,8 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.run_id:
             if store is None:
                 raise DeepmineError("run_id needs an MLflow store", "drop logger=none")
-            from deepmine.tracking.fetch import recorded_config_and_checkpoint
             from deepmine.provenance.trust import check_targets
+            from deepmine.tracking.fetch import recorded_config_and_checkpoint
 
             config_path, checkpoint = recorded_config_and_checkpoint(store, cfg.run_id, Path(tmp))
             model_cfg = OmegaConf.load(config_path)
@@ -117,7 +117,7 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
     )
     from deepmine.tracking.run import recorded_run
 
-    # what is recorded is masked (deepmine.provenance.secrets): this command's secret overrides and the
+    # what is recorded is masked (provenance.secrets): this command's secret overrides and the
     # model config's secrets (a checkpoint's config is this command's own)
     overrides = list(HydraConfig.get().overrides.task)
     values = secret_values(cfg, overrides) | secret_values(model_cfg)

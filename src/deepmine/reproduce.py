@@ -319,14 +319,14 @@ def reproduce_run(
 ) -> bool:
     """Re-execute recorded run `run_id` from what MLflow holds and compare every final metric;
     True when all are identical. The recorded overrides are untrusted: their composed config's
-    `_target_`s are checked (`deepmine.provenance.trust`) unless `trust`; a masked secret is refused."""
+    `_target_`s are checked (`provenance.trust`) unless `trust`; a masked secret is refused."""
     import tempfile
 
     from deepmine.claims import compose_train
+    from deepmine.provenance.trust import check_targets
     from deepmine.tracking.fetch import get_run, recorded_overrides
     from deepmine.tracking.store import connect
     from deepmine.tracking.ui import default_tracking_uri
-    from deepmine.provenance.trust import check_targets
 
     root = project_root()
     store = connect(tracking_uri or default_tracking_uri())

@@ -19,7 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.runtime import interrupts, timeline
 from deepmine.config import (
     check_override_types,
     check_seed,
@@ -29,6 +28,7 @@ from deepmine.config import (
 )
 from deepmine.errors import DeepmineError, first_line
 from deepmine.project import config_dir
+from deepmine.runtime import interrupts, timeline
 
 register_resolvers()
 
@@ -77,8 +77,8 @@ def _train(cfg: DictConfig) -> float | None:
     if cfg.get("print_config"):
         _print_config(cfg)
 
-    from deepmine.runtime import distributed
     from deepmine.build import build, build_datamodule
+    from deepmine.runtime import distributed
     from deepmine.runtime.seeding import seed_everything
 
     seed_everything(seed, deterministic=bool(cfg.trainer.get("deterministic")))
@@ -119,8 +119,8 @@ def _resumed(cfg: DictConfig, hydra_cfg, resume, overrides: list[str]):
         )
     import tempfile
 
-    from deepmine.tracking.fetch import get_run, recorded_overrides
     from deepmine.provenance.trust import check_targets
+    from deepmine.tracking.fetch import get_run, recorded_overrides
 
     store = connect_store(cfg)
     if store is None:

@@ -27,9 +27,9 @@ from typing import ClassVar
 import lightning.pytorch as pl
 import torch
 
-from deepmine.runtime import timeline
 from deepmine.data.batches import TensorBatches
 from deepmine.errors import DeepmineError
+from deepmine.runtime import timeline
 
 TARGET_KINDS = ("class", "value", "series")
 STORAGES = ("memory", "mmap")

@@ -10,7 +10,7 @@ The parent is named by its space (`grid lr×seed`), and it records the base conf
 swept keys marked: `optimizer.lr = swept: 1e-3,1e-2`, not the base value `0.001` the sweep never
 ran at (a swept config group, `net=mlp,cnn`, drops the base choice's `net.*` params too).
 
-Secrets (`deepmine.provenance.secrets`) are masked in everything the parent records: its tags, params,
+Secrets (`provenance.secrets`) are masked in everything the parent records: its tags, params,
 `sweep/multirun.yaml`, the summary, and the errors of failed jobs. Each job masks its own run.
 """
 
@@ -127,8 +127,8 @@ class SweepRecord:
     def opened(self, reopen_run_id: str | None = None) -> Iterator[SweepRecord]:
         """The parent run is open for the block (no run at all with `logger=none`); it is
         closed FINISHED, FAILED (jobs failed) or KILLED (Ctrl-C/SIGTERM)."""
-        from deepmine.runtime import interrupts
         from deepmine.provenance.secrets import mask_text
+        from deepmine.runtime import interrupts
 
         logger = self.config.get("logger")
         Path(self.info.sweep_dir).mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection, MinMetric
 
-from deepmine.runtime.callbacks import listens
 from deepmine.errors import DeepmineError
+from deepmine.runtime.callbacks import listens
 
 MODES = ("max", "min")
 #: what Lightning's manual optimization dispatches to the callbacks and the task on every

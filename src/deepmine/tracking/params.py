@@ -2,7 +2,7 @@
 
 Lightning's MLFlowLogger cuts values to 250 characters; MLflow itself accepts 6000, so only
 values past that are shortened (with a pointer to config/config.yaml, which is always complete).
-A key that looks secret (see `deepmine.provenance.secrets`) is recorded as `***`, whatever its value.
+A key that looks secret (`provenance.secrets`) is recorded as `***`, whatever its value.
 
 Params are what the MLflow UI and `deepmine compare` diff between runs, so they hold no machine
 paths (`portable`): the same config run from two clones, or twice, logs the same params. Paths
