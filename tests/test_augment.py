@@ -20,10 +20,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import ROOT, one_line_error, run_cli
-from deepmine.build import build, build_datamodule
 from deepmine.config import register_resolvers
 from deepmine.data.augment import BatchAugmentation, PixelSpace, batch_augmentation
 from deepmine.errors import DeepmineError
+from deepmine.run.build import build, build_datamodule
 from deepmine.runtime.seeding import seed_everything
 
 register_resolvers()

@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from deepmine.build import build, build_callbacks, build_task
 from deepmine.config import register_resolvers
+from deepmine.run.build import build, build_callbacks, build_task
 
 register_resolvers()
 CONF = ROOT / "conf"
@@ -236,7 +236,7 @@ def test_optimizer_and_scheduler_complete_in_configure_optimizers(tmp_path, opti
 def test_the_lr_monitor_runs_only_when_a_scheduler_changes_the_rate(tmp_path, scheduler):
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from deepmine.build import build_callbacks
+    from deepmine.run.build import build_callbacks
 
     callbacks = _unfolded(build_callbacks(compose_cfg(tmp_path, f"scheduler={scheduler}")))
     monitors = [c for c in callbacks if isinstance(c, LearningRateMonitor)]

@@ -10,8 +10,8 @@ import torch
 from test_configs import compose_cfg, compose_hydra
 from test_train_records import artifact_paths
 
-from deepmine.build import build
 from deepmine.forecasting.baselines import baseline_forecasts, baseline_scores
+from deepmine.run.build import build
 
 SUNSPOTS = ("task=forecasting", "data=sunspots")
 
@@ -105,7 +105,7 @@ def test_the_resolved_config_carries_the_shapes_the_data_filled(tmp_path):
     nulls of the data config (a rank would build a net of no width)."""
     from omegaconf import OmegaConf
 
-    from deepmine.build import build_datamodule
+    from deepmine.run.build import build_datamodule
 
     cfg = compose_cfg(tmp_path, *SUNSPOTS, "net=mlp", "data.horizon=5")
     assert cfg.data.num_outputs is None

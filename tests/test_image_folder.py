@@ -166,7 +166,7 @@ def test_build_fills_the_shapes_from_the_folder(monkeypatch, four, overrides, sh
     images before any run opens, so a bad image is found before a run exists."""
     from hydra.utils import instantiate
 
-    from deepmine.build import build_datamodule
+    from deepmine.run.build import build_datamodule
 
     cfg = compose("data=image_folder", f"data.root={four}", "net=cnn", *overrides)
     assert cfg.data.input_shape is None and cfg.data.num_outputs is None
@@ -473,7 +473,7 @@ def test_folder_hash_follows_the_content_not_the_place(four, tmp_path):
 
 
 def test_a_run_tags_a_folder_outside_data_and_leaves_one_inside_to_dvc(four, tmp_path, monkeypatch):
-    from deepmine.train import _user_folder
+    from deepmine.run.checks import _user_folder
 
     project = tmp_path / "project"
     inside = project / "data" / "four"

@@ -76,7 +76,7 @@ def test_model_loads_and_predicts_as_the_checkpoint(native, tracking_uri, tmp_pa
     import mlflow.pytorch
     from omegaconf import OmegaConf
 
-    from deepmine.build import build_datamodule, build_task
+    from deepmine.run.build import build_datamodule, build_task
     from deepmine.runtime.checkpoints import load_weights
     from deepmine.tracking.fetch import recorded_config_and_checkpoint
     from deepmine.tracking.store import connect

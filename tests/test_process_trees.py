@@ -213,7 +213,7 @@ def test_a_finished_run_leaves_no_pip_freeze(sandbox, tmp_path):
 def test_no_ddp_rank_outlives_sigterm(sandbox, when):
     args = ["train", *sandbox.overrides(*LONG, "trainer=ddp")]
     with started(sandbox, *args) as tree:
-        tree.wait_for("rank 1", lambda: bool(tree.named("deepmine.runtime.distributed")))
+        tree.wait_for("rank 1", lambda: bool(tree.named("deepmine.run.rank")))
         if when == "training":
             tree.wait_for("training", _training(sandbox, "train/runs/*/*/checkpoints/epoch*.ckpt"))
         start = time.time()

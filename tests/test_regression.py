@@ -14,7 +14,7 @@ from test_train_records import artifact_paths
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from conftest import one_line_error
-from deepmine.build import build, build_task
+from deepmine.run.build import build, build_task
 
 REG = ("task=regression", "data=diabetes", "net=mlp")
 

@@ -15,7 +15,6 @@ from test_train_records import artifact_paths
 from torch import nn
 from torch.nn import functional as F
 
-from deepmine.build import build_task
 from deepmine.data.batches import Normalize
 from deepmine.robustness.attacks import (
     PixelModel,
@@ -25,6 +24,7 @@ from deepmine.robustness.attacks import (
     fgsm,
     pgd,
 )
+from deepmine.run.build import build_task
 
 FAST = ("data=digits", "net=cnn", "debug=fast")
 
@@ -316,7 +316,7 @@ def test_bad_robust_validation_is_one_line_and_opens_no_run(sandbox, iris_csv, o
 
 
 def fit_digits(tmp_path, *overrides: str):
-    from deepmine.build import build
+    from deepmine.run.build import build
 
     pl.seed_everything(0)
     cfg = compose_cfg(tmp_path, *FAST, "logger=none", *overrides)
@@ -455,7 +455,7 @@ def test_ddp_robust_metrics_equal_a_single_process_evaluation(sandbox, tmp_path)
     same random start per sample (SampleNoise), integer counts summed. Only float rounding
     that depends on the batch size could flip a prediction, and here none does."""
     from conftest import run_cli
-    from deepmine.build import build
+    from deepmine.run.build import build
     from deepmine.runtime.checkpoints import load_weights
 
     robust_val = ("task.val_attack=pgd", "task.val_attack_samples=100", "task.monitor=robust_acc")

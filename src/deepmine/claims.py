@@ -79,6 +79,8 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Claim,
             (f"did you mean it? e.g. `deepmine reproduce {close[0]}`; or " if close else "")
             + "pick one of them, or add experiments/<name>.yaml",
         )
+    from deepmine.config import compose_train
+
     cfg = compose_train([f"experiment={name}", *overrides])
     from deepmine.provenance.trust import warn_targets
 
@@ -96,23 +98,6 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Claim,
             f"add {', '.join(missing)} under claim:",
         )
     return _checked(name, raw), cfg
-
-
-def compose_train(overrides: list[str]):
-    """conf/train.yaml composed with `overrides`, outside any Hydra run."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from deepmine.config import register_resolvers
-    from deepmine.project import config_dir
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            return compose("train", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _checked(name: str, raw) -> Claim:

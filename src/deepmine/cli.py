@@ -201,7 +201,7 @@ def _guarded(command: Callable[[], int], overrides: list[str] = ()) -> int:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_BAD_INPUT)
     except Exception as exc:
-        from deepmine.config import describe_error
+        from deepmine.run.errors import describe_error
 
         line = describe_error(exc)
         if line is None and isinstance(exc, OSError) and exc.filename:

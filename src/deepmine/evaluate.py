@@ -15,9 +15,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.config import check_override_types, register_resolvers, report_errors
+from deepmine.config import register_resolvers
 from deepmine.errors import DeepmineError
 from deepmine.project import config_dir
+from deepmine.run.checks import check_override_types, verify_data
+from deepmine.run.errors import report_errors
+from deepmine.tracking.store import connect_store
 
 register_resolvers()
 
@@ -29,8 +32,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from deepmine.train import connect_store, verify_data
-
     hydra_cfg = HydraConfig.get()
     check_override_types(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
     store = connect_store(cfg)
@@ -52,11 +53,15 @@ def evaluate(cfg: DictConfig) -> dict:
         model_cfg = OmegaConf.merge(
             model_cfg, {"allow_data_mismatch": cfg.allow_data_mismatch, "paths": cfg.paths}
         )
-        # robustness=... of the eval command, not of the recorded run, decides the attacks; a
-        # task config without the key (regression, or a run older than it) stays as it was
-        robustness = cfg.task.get("robustness")
-        if robustness or "robustness" in model_cfg.task:
-            model_cfg.task.robustness = robustness
+        # the task's eval options (classification: robustness=... decides the attacks) come
+        # from this command, not from the recorded run; a task config without such a key (a
+        # run older than it) stays as it was
+        from hydra.utils import get_class
+
+        for key in getattr(get_class(model_cfg.task._target_), "eval_options", ()):
+            value = cfg.task.get(key)
+            if value or key in model_cfg.task:
+                model_cfg.task[key] = value
         data_tags = verify_data(model_cfg)
         metrics, run_id = _test(cfg, model_cfg, checkpoint, store, data_tags)
     width = max([14, *(len(key) + 2 for key in metrics)])
@@ -94,7 +99,7 @@ def _check_source(cfg: DictConfig, store) -> None:
 def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dict, str | None]:
     from hydra.utils import instantiate
 
-    from deepmine.build import build_datamodule, build_task
+    from deepmine.run.build import build_datamodule, build_task
     from deepmine.runtime.checkpoints import load_weights
     from deepmine.runtime.seeding import seed_everything
 

@@ -322,7 +322,7 @@ def reproduce_run(
     `_target_`s are checked (`provenance.trust`) unless `trust`; a masked secret is refused."""
     import tempfile
 
-    from deepmine.claims import compose_train
+    from deepmine.config import compose_train
     from deepmine.provenance.trust import check_targets
     from deepmine.tracking.fetch import get_run, recorded_overrides
     from deepmine.tracking.store import connect

@@ -103,18 +103,6 @@ def _as_hwc(x: np.ndarray) -> np.ndarray:
 def compose_data(name: str, overrides: list[str] | tuple[str, ...] = ()):
     """The datamodule of `conf/data/<name>.yaml` (with `overrides` of its keys, e.g.
     `data.val_size=0.2`), composed as `deepmine train data=<name>` would compose it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from deepmine.config import checked_instantiate, compose_train
 
-    from deepmine.build import checked_instantiate
-    from deepmine.config import register_resolvers
-    from deepmine.project import config_dir
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=[f"data={name}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
-    return checked_instantiate(cfg.data)
+    return checked_instantiate(compose_train([f"data={name}", *overrides]).data)

@@ -7,7 +7,7 @@ but trains only in spawned children: the Lightning logger's history, the test co
 and other state never return to the process that records the run.
 
 So deepmine does what a cluster launcher (torchrun, srun) does: this process is rank 0, and each
-other rank is `python -m deepmine.runtime.distributed <resolved config>` with `LOCAL_RANK`, `WORLD_SIZE`,
+other rank is `python -m deepmine.run.rank <resolved config>` with `LOCAL_RANK`, `WORLD_SIZE`,
 `MASTER_ADDR` and `MASTER_PORT` set. Lightning sees the ranks were created externally and
 launches nothing. Ranks > 0 build the same parts from the same resolved config, train and test
 in lockstep and record nothing: rank 0 owns the MLflow run. Where a cluster already started
@@ -32,6 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from deepmine.errors import DeepmineError
 
 RANK_ENV = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+#: the entry point of a rank > 0: it builds a run's parts, so it lives in the run layer above
+#: this one, which names it and starts it as a process but never imports it
+RANK_MODULE = "deepmine.run.rank"
 
 
 class DDPStrategy(LightningDDPStrategy):
@@ -119,7 +123,7 @@ def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
         command = [
             sys.executable,
             "-m",
-            "deepmine.runtime.distributed",
+            RANK_MODULE,
             str(config_path),
             str(os.getpid()),
         ]
@@ -170,30 +174,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def run_rank(config_path: str) -> None:
-    """Rank > 0: same seed, same parts, same fit and test as rank 0; no logger, no records."""
-    from deepmine.build import build
-    from deepmine.config import register_resolvers
-    from deepmine.runtime.seeding import seed_everything
-
-    register_resolvers()
-    cfg = OmegaConf.load(config_path)
-    seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
-    parts = build(cfg)
-    from lightning.pytorch.loggers.logger import DummyLogger
-
-    # Rank 0 records; the others still need a logger for callbacks that insist on one
-    # (LearningRateMonitor), and Lightning's DummyLogger discards everything.
-    parts.trainer.loggers = [DummyLogger()]
-    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
-    best = getattr(parts.trainer.checkpoint_callback, "best_model_path", "") or None
-    parts.trainer.test(parts.task, datamodule=parts.datamodule, ckpt_path=best, verbose=False)
-
-
-if __name__ == "__main__":
-    from deepmine.runtime.interrupts import die_with_parent
-
-    die_with_parent(int(sys.argv[2]))
-    run_rank(sys.argv[1])

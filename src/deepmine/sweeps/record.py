@@ -138,7 +138,7 @@ class SweepRecord:
                 yield self
             return
         from deepmine.tracking.run import recorded_run
-        from deepmine.train import connect_store
+        from deepmine.tracking.store import connect_store
 
         self.store = connect_store(self.config)
         experiment = self.config.experiment_name

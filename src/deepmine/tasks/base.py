@@ -62,6 +62,11 @@ class Task(pl.LightningModule):
     targets: ClassVar[str] = "class"
     #: True when the task also runs on data without labels (every label -1): clustering
     labels_optional: ClassVar[bool] = False
+    #: the fix `deepmine train` gives when the data's targets are not this task's kind
+    pairing_hint: ClassVar[str] = "pick a data config made for this task"
+    #: task config keys the `deepmine eval` command decides rather than the recorded run (e.g.
+    #: which attacks to run on the tested model)
+    eval_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -65,6 +65,11 @@ class ClassificationTask(Task):
     confusion matrix with the data's class names."""
 
     targets = "class"
+    pairing_hint = (
+        "use task=classification with class-labelled data (fashion_mnist, digits, "
+        "csv with data.targets=class)"
+    )
+    eval_options = ("robustness",)
 
     def __init__(
         self,

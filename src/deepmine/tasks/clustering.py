@@ -51,6 +51,10 @@ class ClusteringTask(Task):
 
     targets = "class"  # labels, if any, are for scoring only
     labels_optional = True
+    pairing_hint = (
+        "cluster class-labelled data (fashion_mnist, digits, csv with data.targets=class), "
+        "or a table without labels (data.target=null)"
+    )
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class ForecastingTask(ScaledTargetsTask):
     `beats/*`; plots the test forecasts against the actual series with the baselines."""
 
     targets = "series"
+    pairing_hint = "use task=forecasting with a series (data=sunspots, co2, series_csv, ...)"
 
     def __init__(
         self,

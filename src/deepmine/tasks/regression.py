@@ -20,6 +20,7 @@ class RegressionTask(ScaledTargetsTask):
     actual and the residuals of the test split."""
 
     targets = "value"
+    pairing_hint = "use task=regression with data=diabetes or data=csv"
 
     def __init__(self, *args, monitor: str = "rmse", mode: str = "min", **kwargs):
         super().__init__(*args, monitor=monitor, mode=mode, **kwargs)

@@ -67,7 +67,7 @@ def data_source(
     data_cfg: Mapping, tags: Mapping[str, str], root: Path, tensors: Mapping
 ) -> DataSource:
     """The source of the data described by `data_cfg` (the run's data config) and the data
-    tags `deepmine train` computed while checking it (`train.verify_data`)."""
+    tags `deepmine train` computed while checking it (`run.checks.verify_data`)."""
     where = data_cfg.get("path") or data_cfg.get("root") or data_cfg.get("data_dir")
     if tags.get("deepmine.data.dvc_tracked") == "true" and tags.get("deepmine.data.md5"):
         source = {"uri": _relative(where, root) if where else "data", "dvc_file": "data.dvc"}

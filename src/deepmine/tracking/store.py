@@ -18,8 +18,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deepmine.errors import DeepmineError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 SERVER_TIMEOUT_S = 5.0
 # Creating a fresh store takes about a second; a lock held far longer than that belongs to a
@@ -331,3 +335,11 @@ def end_fluent_runs() -> None:
 
     while mlflow.active_run() is not None:
         mlflow.end_run(status="KILLED")
+
+
+def connect_store(cfg: DictConfig):
+    """The tracking store a composed config names (`cfg.logger`), or None for `logger=none`:
+    how every command opens its store."""
+    if not cfg.get("logger"):
+        return None
+    return connect(cfg.logger.tracking_uri, cfg.logger.get("artifact_location"))

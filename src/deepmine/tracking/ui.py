@@ -21,7 +21,7 @@ GRACE_S = 10.0
 
 def default_tracking_uri() -> str:
     """`logger.tracking_uri` as `deepmine train` would resolve it (local overrides included)."""
-    from deepmine.claims import compose_train
+    from deepmine.config import compose_train
 
     return str(compose_train([]).logger.tracking_uri)
 
