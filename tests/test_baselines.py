@@ -10,13 +10,13 @@ import torch
 from conftest import ROOT
 from deepmine.data.series import CSVSeriesDataModule, SeriesDataModule
 from deepmine.errors import DeepmineError
-from deepmine.forecasting.baselines import (
+from deepmine.tasks.forecasting.baselines import (
     baseline_forecasts,
     baseline_scores,
     naive,
     seasonal_naive,
 )
-from deepmine.forecasting.metrics import (
+from deepmine.tasks.forecasting.metrics import (
     MeanAbsoluteScaledError,
     mae,
     mase,

@@ -16,12 +16,12 @@ from test_configs import compose_cfg
 from test_train_records import artifact_paths
 
 from conftest import one_line_error
-from deepmine.clustering.dec import DECSettings, refine, soft_assignments, target_distribution
-from deepmine.clustering.scores import cluster_accuracy, contingency, scores
 from deepmine.errors import DeepmineError
 from deepmine.nets.autoencoder import Autoencoder, ConvAutoencoder
 from deepmine.run.build import build_task
 from deepmine.run.checks import check_pairing
+from deepmine.tasks.clustering.dec import DECSettings, refine, soft_assignments, target_distribution
+from deepmine.tasks.clustering.scores import cluster_accuracy, contingency, scores
 
 CLUSTER = ("task=clustering", "net=autoencoder", "data=digits", "net.hidden_sizes=[64,32]")
 

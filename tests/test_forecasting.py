@@ -10,8 +10,8 @@ import torch
 from test_configs import compose_cfg, compose_hydra
 from test_train_records import artifact_paths
 
-from deepmine.forecasting.baselines import baseline_forecasts, baseline_scores
 from deepmine.run.build import build
+from deepmine.tasks.forecasting.baselines import baseline_forecasts, baseline_scores
 
 SUNSPOTS = ("task=forecasting", "data=sunspots")
 

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepmine.data.batches import Normalize
-from deepmine.robustness.attacks import (
+from deepmine.run.build import build_task
+from deepmine.tasks.classification.attacks import (
     PixelModel,
     SampleNoise,
     attack,
@@ -24,7 +25,6 @@ from deepmine.robustness.attacks import (
     fgsm,
     pgd,
 )
-from deepmine.run.build import build_task
 
 FAST = ("data=digits", "net=cnn", "debug=fast")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from deepmine.compare.render import number
 from deepmine.compare.table import Comparison, Group
-from deepmine.plots import _save, seeds_and_mean
+from deepmine.figures import save, seeds_and_mean
 
 CURVES_PNG = "curves.png"
 FINAL_PNG = "final_metric.png"
@@ -92,7 +92,7 @@ def curves_png(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{key} per epoch: mean over seeds, band = min–max", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def final_png(comparison: Comparison, path: Path) -> Path:
@@ -119,7 +119,7 @@ def final_png(comparison: Comparison, path: Path) -> Path:
     fig.suptitle(
         f"final metric per group: bar = mean ± std, dots = seeds ({better} is better)", fontsize=10
     )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _legend(group: Group, rank: int) -> str:

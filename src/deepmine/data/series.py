@@ -93,7 +93,7 @@ class SeriesDataModule(TensorDataModule):
             "num_targets": num_targets,
             "num_outputs": num_outputs,
         }
-        #: baseline name -> options, read by `deepmine.forecasting.baselines` and the task
+        #: baseline name -> options, read by `deepmine.tasks.forecasting.baselines` and the task
         self.baselines = _plain(baselines or {})
         self.name = name
         self.path = Path(data_dir) / f"{name}.csv"

@@ -103,7 +103,7 @@ def record_data_and_group(run, cfg: DictConfig, datamodule, data_tags: dict) -> 
 def record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip_freeze) -> None:
     """Artifacts known at the end: best checkpoint, the task's plots, learning curves, metrics
     summary, environment."""
-    from deepmine.plots import learning_curves_png
+    from deepmine.figures import learning_curves_png
 
     trainer, task = parts.trainer, parts.task
     if result["best_checkpoint"] and cfg.logger.get("log_checkpoint", True):
@@ -158,7 +158,7 @@ def log_model(run, cfg: DictConfig, parts, result: dict):
 def record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
     """A pruned trial ends FINISHED (pruning is the search working), tagged as pruned, with the
     learning curves up to where it stopped; it is not tested."""
-    from deepmine.plots import learning_curves_png
+    from deepmine.figures import learning_curves_png
 
     run.set_tags({"deepmine.sweep.pruned": "true", "deepmine.status_reason": first_line(exc)})
     plots = output_dir / "plots"

@@ -294,7 +294,7 @@ class Summary:
         return path
 
     def _plots(self, folder: Path) -> list[Path]:
-        from deepmine.plots import (
+        from deepmine.sweeps.plots import (
             objective_per_config_png,
             objective_per_trial_png,
             objective_vs_params_png,

@@ -1,7 +1,7 @@
 """Forecasting: predict the next `horizon` steps of a series from the `lookback` steps before.
 
 Metrics are MAE, RMSE, sMAPE and MASE in the series' units over every test window, step and
-target (`deepmine.forecasting.metrics`). MASE divides by the one-step naive error of the
+target (`deepmine.tasks.forecasting.metrics`). MASE divides by the one-step naive error of the
 training part, so 1.0 is the in-sample naive forecast and scores compare across series.
 
 A forecast means little without the simple methods beside it, so the test epoch also scores
@@ -27,7 +27,7 @@ from torchmetrics.regression import (
 )
 
 from deepmine.errors import DeepmineError
-from deepmine.forecasting.metrics import MeanAbsoluteScaledError, forecast_scores, naive_scale
+from deepmine.tasks.forecasting.metrics import MeanAbsoluteScaledError, forecast_scores, naive_scale
 from deepmine.tasks.scaled_targets import ScaledTargetsTask
 
 #: what the net's forecast is relative to (`task.level`)
@@ -182,7 +182,7 @@ class ForecastingTask(ScaledTargetsTask):
         datamodule = self.trainer.datamodule
         if datamodule is None or not getattr(datamodule, "baselines", None):
             return
-        from deepmine.forecasting.baselines import baseline_forecasts
+        from deepmine.tasks.forecasting.baselines import baseline_forecasts
 
         # The windows the net was tested on: on one process the first `count` (all of them,
         # unless limit_test_batches cut some). Under DDP each rank holds a shard, so the net's
@@ -216,7 +216,7 @@ class ForecastingTask(ScaledTargetsTask):
         return gain / abs(baseline)
 
     def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
-        from deepmine.plots import forecast_png
+        from deepmine.tasks.forecasting.plots import forecast_png
 
         if self.tested is None or datamodule is None:
             return []

@@ -1,10 +1,5 @@
-"""Supervised classification: cross-entropy (or any loss from config), accuracy, macro F1 and
-the test confusion matrix.
-
-The training-epoch scores come from confusion counts kept with one `bincount` per step and
-turned into accuracy and macro F1 at the epoch end (see `deepmine.tasks.base` for why).
-
-Adversarial robustness (`deepmine.robustness.attacks`), both off by default:
+"""A classifier's adversarial robustness, as a mixin of `ClassificationTask` (attacks in
+`deepmine.tasks.classification.attacks`), all off by default:
 
 - `robustness` (conf/robustness/): after the test epoch, the first `max_samples` test samples
   are attacked at each ε and `robust/<attack>/acc_eps<ε>` is logged (MLflow refuses `@` in
@@ -32,20 +27,10 @@ arrive normalized, so they are mapped back to pixels and forward again through t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
-from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-)
+from torchmetrics.classification import MulticlassAccuracy
 
 from deepmine.errors import DeepmineError
-from deepmine.tasks.base import Task
 
 ADVERSARIAL = ("pgd", "fgsm_rs")
 ROBUSTNESS_DEFAULTS = {
@@ -60,44 +45,26 @@ ROBUSTNESS_DEFAULTS = {
 }
 
 
-class ClassificationTask(Task):
-    """Logs `train|val|test/{loss,acc,f1_macro}` and `val/<monitor>_best`; plots the test
-    confusion matrix with the data's class names."""
+class AdversarialRobustness:
+    """Adversarial training, robust validation and the robust evaluation after the test, for a
+    classifier (`ClassificationTask`); the hooks below wrap the task's own and call them."""
 
-    targets = "class"
-    pairing_hint = (
-        "use task=classification with class-labelled data (fashion_mnist, digits, "
-        "csv with data.targets=class)"
-    )
-    eval_options = ("robustness",)
-
-    def __init__(
+    def _init_robustness(
         self,
-        net: nn.Module,
         num_classes: int,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        loss: nn.Module | None = None,
-        monitor: str = "acc",
-        mode: str = "max",
-        robustness: dict | None = None,
-        adversarial: str | None = None,
-        adversarial_eps: float = 0.1,
-        adversarial_steps: int = 7,
-        adversarial_step_size: float | None = None,
-        val_attack: str | None = None,
-        val_attack_eps: float = 0.1,
-        val_attack_steps: int = 10,
-        val_attack_step_size: float | None = None,
-        val_attack_samples: int = 500,
-        input_shape: list[int] | None = None,
-        **steps,
-    ):
-        self.num_classes = num_classes  # make_metrics, called by the base, needs it
-        super().__init__(net, optimizer, scheduler, monitor, mode, **steps)
-        self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
-        self.test_confmat = MulticlassConfusionMatrix(num_classes)
-        self.test_confusion: torch.Tensor | None = None
+        monitor: str,
+        robustness: dict | None,
+        adversarial: str | None,
+        adversarial_eps: float,
+        adversarial_steps: int,
+        adversarial_step_size: float | None,
+        val_attack: str | None,
+        val_attack_eps: float,
+        val_attack_steps: int,
+        val_attack_step_size: float | None,
+        val_attack_samples: int,
+        input_shape: list[int] | None,
+    ) -> None:
         self.robustness = _robustness_settings(robustness)
         if adversarial is not None and adversarial not in ADVERSARIAL:
             raise DeepmineError(
@@ -126,52 +93,9 @@ class ClassificationTask(Task):
             input_shape, robustness=robustness, adversarial=adversarial, val_attack=val_attack
         )
 
-    def make_metrics(self) -> MetricCollection:
-        return MetricCollection(
-            {
-                "acc": MulticlassAccuracy(self.num_classes, average="micro"),
-                "f1_macro": MulticlassF1Score(self.num_classes, average="macro"),
-            }
-        )
-
-    def extra_monitors(self) -> tuple[str, ...]:
-        return ("robust_acc",)
-
-    def monitored_value(self) -> torch.Tensor:
-        if self.monitor == "robust_acc":
-            return self.val_robust_acc.compute()
-        return super().monitored_value()
-
-    def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(outputs, y)
-
-    def train_state_sizes(self) -> dict[str, int]:
-        # confusion counts of the epoch's training batches (rows: true class)
-        return {"counts": self.num_classes * self.num_classes}
-
-    def update_train_state(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
-        predicted = outputs.argmax(1)
-        self.train_counts.add_(
-            torch.bincount(y * self.num_classes + predicted, minlength=len(self.train_counts))
-        )
-
-    def train_scores(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return confusion_scores(state["counts"].view(self.num_classes, self.num_classes))
-
-    def on_test_batch(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
-        self.test_confmat.update(outputs, y)
-
-    def finish_test(self) -> None:
-        self.test_confusion = self.test_confmat.compute().cpu()
-        self.test_confmat.reset()
-        if self.robustness:
-            self._robust_evaluation()  # on every rank: the counts are summed over them
-
-    # --- adversarial robustness -------------------------------------------------------------
-
     def pixel_model(self):
         """The net seen from [0, 1] pixels, with the datamodule's batch normalization."""
-        from deepmine.robustness.attacks import PixelModel
+        from deepmine.tasks.classification.attacks import PixelModel
 
         datamodule = getattr(self.trainer, "datamodule", None)
         transform = getattr(datamodule, "transform", None)
@@ -207,7 +131,7 @@ class ClassificationTask(Task):
         self._val_position += len(y)
         take = min(len(y), max(0, self._rank_share(self.val_attack_samples) - start))
         if take:
-            from deepmine.robustness.attacks import SampleNoise
+            from deepmine.tasks.classification.attacks import SampleNoise
 
             eps, relative = self.val_attack_eps, self.val_attack_step_size
             model = self.pixel_model()
@@ -240,7 +164,7 @@ class ClassificationTask(Task):
 
     def _attacked(self, model, pixels, y, name: str, eps: float, **options):
         """The net's predictions on the adversarial versions of `pixels`, and those."""
-        from deepmine.robustness.attacks import attack, eval_mode
+        from deepmine.tasks.classification.attacks import attack, eval_mode
 
         adversarial = attack(name, model, pixels, y, eps, **options)
         with eval_mode(self.net), torch.no_grad():
@@ -249,7 +173,7 @@ class ClassificationTask(Task):
     def adversarial_batch(self, batch):
         """The batch replaced by adversarial examples of the net as it is now (net in eval
         mode while attacked, its training flags restored after)."""
-        from deepmine.robustness.attacks import eval_mode, fgsm, pgd
+        from deepmine.tasks.classification.attacks import eval_mode, fgsm, pgd
 
         x, y = batch
         model = self.pixel_model()
@@ -275,7 +199,7 @@ class ClassificationTask(Task):
 
     def _robust_evaluation(self) -> None:
         """Attack the kept test samples at each ε; log the accuracies of all ranks' samples."""
-        from deepmine.robustness.attacks import SampleNoise, attack_context, eval_mode
+        from deepmine.tasks.classification.attacks import SampleNoise, attack_context, eval_mode
 
         settings = self.robustness
         kept, self._attack_kept = self._attack_kept, []
@@ -339,48 +263,11 @@ class ClassificationTask(Task):
             "samples": total,
         }
 
-    def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
-        from deepmine.plots import confusion_matrix_png
-
-        if self.test_confusion is None:
-            return []
-        names = getattr(datamodule, "class_names", ())
-        path = folder / "confusion_matrix.png"
-        paths = [
-            confusion_matrix_png(self.test_confusion, names, path, f"{title} test confusion matrix")
-        ]
-        if self.robust_results is not None:
-            from deepmine.plots import adversarial_examples_png, robust_accuracy_png
-
-            results = self.robust_results
-            paths.append(
-                robust_accuracy_png(
-                    results["eps"],
-                    results["accuracy"],
-                    folder / "robust_accuracy.png",
-                    f"{title} robust test accuracy ({results['samples']} samples)",
-                )
-            )
-            if results["examples"] is not None:
-                paths.append(
-                    adversarial_examples_png(
-                        results["examples"], names, folder / "adversarial_examples.png", title
-                    )
-                )
-        return paths
-
-    def summary_lines(self, metrics: dict[str, float]) -> list[str]:
-        return [
-            f"test/acc      {metrics.get('test/acc', float('nan')):.4f}",
-            f"test/f1_macro {metrics.get('test/f1_macro', float('nan')):.4f}",
-            *(f"{k:<24}{v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("robust/")),
-        ]
-
 
 def _checked_val_attack(val_attack, monitor: str, steps, samples) -> str | None:
     """The robust validation attack, refused in one line (before any run opens) when unknown,
     when its counts are not positive, or when `task.monitor=robust_acc` has none."""
-    from deepmine.robustness.attacks import ATTACKS
+    from deepmine.tasks.classification.attacks import ATTACKS
 
     if val_attack is not None and val_attack not in ATTACKS:
         raise DeepmineError(
@@ -420,7 +307,7 @@ def _robustness_settings(robustness) -> dict | None:
     if not robustness:
         return None
     settings = {**ROBUSTNESS_DEFAULTS, **dict(robustness)}
-    from deepmine.robustness.attacks import ATTACKS
+    from deepmine.tasks.classification.attacks import ATTACKS
 
     unknown = [name for name in settings["attacks"] if name not in ATTACKS]
     if unknown or set(settings) - set(ROBUSTNESS_DEFAULTS):
@@ -432,20 +319,3 @@ def _robustness_settings(robustness) -> dict | None:
     settings["eps"] = [float(e) for e in settings["eps"]]
     settings["attacks"] = list(settings["attacks"])
     return settings
-
-
-def confusion_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Micro accuracy and macro F1 from a confusion matrix (rows: true class, columns:
-    predicted), defined as torchmetrics' MulticlassAccuracy(average="micro") and
-    MulticlassF1Score(average="macro") are: classes absent from both targets and predictions
-    are left out of the macro mean."""
-    counts = counts.to(torch.float64)
-    true_positives = counts.diagonal()
-    predicted, actual = counts.sum(0), counts.sum(1)
-    total = counts.sum()
-    accuracy = true_positives.sum() / total.clamp_min(1)
-    denominator = predicted + actual
-    f1 = torch.where(denominator > 0, 2 * true_positives / denominator.clamp_min(1), 0.0)
-    present = denominator > 0
-    macro_f1 = f1[present].mean() if present.any() else torch.zeros((), dtype=torch.float64)
-    return {"acc": accuracy.float(), "f1_macro": macro_f1.float()}

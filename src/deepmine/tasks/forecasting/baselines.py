@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from deepmine.errors import DeepmineError
-from deepmine.forecasting.metrics import forecast_scores, naive_scale
+from deepmine.tasks.forecasting.metrics import forecast_scores, naive_scale
 
 #: optimizer iterations of the maximum-likelihood fits: statsmodels' default (50) stops short of
 #: convergence for seasonal exponential smoothing, whose initial states are parameters too

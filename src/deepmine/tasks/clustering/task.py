@@ -11,7 +11,7 @@ After the test epoch, on the best checkpoint (`finish_test`):
    seeded) is fitted on the codes of all samples (`fit_on=all`, DEC's transductive protocol)
    or of the training split only (`fit_on=train`) and assigns every sample;
 2. with `refine=dec` the encoder and the centres are refined by DEC
-   (`deepmine.clustering.dec`), starting from those k-means centres;
+   (`deepmine.tasks.clustering.dec`), starting from those k-means centres;
 3. the clusters are scored against the labels (accuracy with the best one-to-one matching,
    NMI, ARI): `all/*` over every sample, `test/*` over the test split, for the last stage;
    `ae_kmeans/...` and `dec/...` keep each stage's scores;
@@ -34,10 +34,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.regression import MeanSquaredError
 
-from deepmine.clustering.dec import DECSettings, refine
-from deepmine.clustering.scores import SCORES, contingency, scores
 from deepmine.errors import DeepmineError
 from deepmine.tasks.base import Task
+from deepmine.tasks.clustering.dec import DECSettings, refine
+from deepmine.tasks.clustering.scores import SCORES, contingency, scores
 
 FIT_ON = ("all", "train")
 REFINE = ("dec",)
@@ -181,11 +181,11 @@ class ClusteringTask(Task):
         return torch.cat(codes), squared / max(x.numel(), 1)
 
     def _dec(self, x: torch.Tensor, centers: np.ndarray):
-        from deepmine.robustness.attacks import attack_context
+        from deepmine.tasks.grad_mode import gradients_on
 
         generator = torch.Generator().manual_seed(self.seed)
         # trainer.test runs in inference mode; DEC needs gradients and ordinary tensors
-        with attack_context():
+        with gradients_on():
             x = x.clone()
             start = torch.as_tensor(centers, dtype=torch.float32, device=self.device)
             return refine(
@@ -226,7 +226,11 @@ class ClusteringTask(Task):
         return {"deepmine.clustering.scored": str(self.results["scored"]).lower()}
 
     def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
-        from deepmine.plots import contingency_png, latent_map_png, reconstructions_png
+        from deepmine.tasks.clustering.plots import (
+            contingency_png,
+            latent_map_png,
+            reconstructions_png,
+        )
 
         if self.results is None:
             return []

@@ -77,7 +77,7 @@ class RegressionTask(ScaledTargetsTask):
         self.test_predictions, self.test_actuals = [], []
 
     def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
-        from deepmine.plots import predicted_vs_actual_png, residuals_png
+        from deepmine.tasks.regression.plots import predicted_vs_actual_png, residuals_png
 
         if self.test_pairs is None:
             return []

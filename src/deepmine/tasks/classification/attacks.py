@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deepmine.tasks.grad_mode import gradients_on
+
 ATTACKS = ("fgsm", "pgd")
 
 
@@ -75,11 +77,8 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-@contextlib.contextmanager
-def attack_context() -> Iterator[None]:
-    """Gradients on, even inside `trainer.test`'s inference mode (clone inputs inside)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+#: gradients on inside `trainer.test`'s inference mode, where the attacks run
+attack_context = gradients_on
 
 
 def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -159,7 +159,7 @@ def _collect(outcome: Outcome, store, parent_run_id: str) -> None:
 
 
 def _report(outcome: Outcome, store, sweep_dir: Path) -> None:
-    from deepmine.plots import reproduction_png
+    from deepmine.reproduce.plots import reproduction_png
     from deepmine.tracking.sweep import set_tags
 
     folder = sweep_dir / "reproduction"

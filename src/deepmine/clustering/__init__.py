@@ -1,1 +1,0 @@
-"""Clustering: scores against held-back labels, k-means on codes, DEC refinement."""

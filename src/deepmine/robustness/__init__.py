@@ -1,1 +1,0 @@
-"""Adversarial robustness of classifiers: L∞ attacks in pixel space (`attacks`)."""
