@@ -41,12 +41,14 @@ def test_hydra_cfg_job_prints_resolved_groups(tmp_path):
     assert list(tmp_path.iterdir()) == [], "nothing may be written into the current directory"
 
 
-def test_python_dash_m_train_module_works(tmp_path):
+def test_python_dash_m_deepmine_is_the_one_door(tmp_path):
+    """`python -m deepmine <command>` is the same door as the `deepmine` script (the command
+    modules have no `__main__` blocks of their own)."""
     import subprocess
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "deepmine.train", "data=digits", "--cfg", "job"],
+        [sys.executable, "-m", "deepmine", "train", "data=digits", "--cfg", "job"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -175,7 +175,7 @@ def test_reproduce_run_refuses_what_it_cannot_reproduce(sandbox):
 
 
 def test_comparative_claims_judge_a_bound_not_a_band():
-    from deepmine.claims import Claim
+    from deepmine.reproduce.claims import Claim
 
     at_least = Claim("c", "s", "skill/arima", -0.1, 0.0, [0], "at_least")
     assert at_least.holds(-0.1) and at_least.holds(0.5) and not at_least.holds(-0.11)
@@ -190,8 +190,8 @@ def test_comparative_claims_judge_a_bound_not_a_band():
 def test_comparative_claim_files_load_and_a_bad_kind_is_named():
     import pytest
 
-    from deepmine import claims
     from deepmine.errors import DeepmineError
+    from deepmine.reproduce import claims
 
     claim, cfg = claims.load("sunspots_mlp_beats_baselines")
     assert claim.kind == "at_least" and claim.metric == "skill/best_baseline"
@@ -203,7 +203,7 @@ def test_comparative_claim_files_load_and_a_bad_kind_is_named():
 def test_a_run_name_is_replayed_exactly_as_a_hydra_override():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from deepmine.reproduce import quoted
+    from deepmine.reproduce.rerun import quoted
 
     parser = OverridesParser.create()
     for name in ["lr=0.01 seed=2", "it's", "a\\b", "ends\\", "q\\'z", "c ${x} d", "a,b", ""]:

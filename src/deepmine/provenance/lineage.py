@@ -1,6 +1,6 @@
 """Where a run came from: code version, environment, machine, command line.
 
-Plain data, no MLflow: `train.py` hands it to the tracking package as tags and artifacts.
+Plain data, no MLflow: `run.records` hands it to the tracking package as tags and artifacts.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ NOT_SPLIT_KEYS = (
     "storage",
 )
 
-#: the tags of a file or folder outside data/ (`train._user_file`, `_user_folder`): path, hash
+#: the tags of a file or folder outside data/ (`run.checks._user_file`, `_user_folder`): path, hash
 USER_DATA_TAGS = (
     ("deepmine.data.csv.path", "deepmine.data.csv.md5"),
     ("deepmine.data.image_folder.root", "deepmine.data.image_folder.hash"),

@@ -2,8 +2,8 @@
 with `mlflow models serve`, optionally registered in the model registry.
 
 What is logged is a task module with the best checkpoint's weights (what `trainer.test`
-scored; `deepmine.train` builds it afresh, so nothing of the trainer or the test comes along),
-as MLflow 3 logs a model: a `LoggedModel` of the run's experiment named `model`, an
+scored; `run.records.log_model` builds it afresh, so nothing of the trainer or the test comes
+along), as MLflow 3 logs a model: a `LoggedModel` of the run's experiment named `model`, an
 output of the run, so `runs:/<run id>/model` and `models:/<model id>` both name it. Its
 signature and input example come from a few rows of a real test batch, as the net sees them
 (normalized by the data module); its outputs are the task's raw outputs (class logits;

@@ -4,30 +4,8 @@ the test confusion matrix.
 The training-epoch scores come from confusion counts kept with one `bincount` per step and
 turned into accuracy and macro F1 at the epoch end (see `deepmine.tasks.base` for why).
 
-Adversarial robustness (`robust.py`, attacks in `attacks.py`), off by default:
-
-- `robustness` (conf/robustness/): after the test epoch, the first `max_samples` test samples
-  are attacked at each ε and `robust/<attack>/acc_eps<ε>` is logged (MLflow refuses `@` in
-  metric names); `plots` adds the accuracy-vs-ε curve and a grid of adversarial examples.
-- `adversarial` (pgd | fgsm_rs): each training batch is replaced by its adversarial version
-  before the loss (PGD-AT, Madry et al. 2018; FGSM with random start, Wong, Rice & Kolter 2020).
-  With it off, the training step is the base's, unchanged.
-- `val_attack` (fgsm | pgd): each validation epoch also attacks the first `val_attack_samples`
-  validation samples and logs their accuracy as `val/robust_acc`, a metric `task.monitor` may
-  name (checkpointing, early stopping, `val/robust_acc_best` and sweeps then follow it).
-
-Under DDP each rank attacks samples of its own shard only. The evaluation shards of
-`TensorBatches` are strided (rank r holds samples r, r + W, r + 2W, ... of the split, each
-sample once, no padding), so "the first n samples of the split" are each rank's first
-`len(range(r, n, W))` samples of its shard, and a sample's split index is known on its rank.
-Correct predictions and sample counts are summed over the ranks before dividing (torchmetrics
-for `val/robust_acc`, one all-gather for `robust/*`), and random starts are drawn per sample
-from its split index (`SampleNoise`): a DDP run reports the accuracies a single process gets
-on the same samples.
-
-The attacks work on [0, 1] pixels and need the datamodule's batch normalization: the batches
-arrive normalized, so they are mapped back to pixels and forward again through the
-`transform` (a `Normalize`) and `pixel_max` of `self.trainer.datamodule`, read at each use.
+Adversarial training, robust validation and the robust evaluation after the test (all off by
+default) are the `AdversarialRobustness` mixin of `robust.py`, with the attacks in `attacks.py`.
 """
 
 from __future__ import annotations

@@ -182,3 +182,10 @@ def _recorded(
         raise pruned
     print_summary(result, parts.task, run, store)
     return result["objective"]
+
+
+def run(args: list[str]) -> int:
+    """`deepmine train [overrides]`: Hydra reads the overrides (and -m, --cfg, --help)."""
+    from deepmine.run.hydra_app import run_hydra_app
+
+    return run_hydra_app(main, "train", args)

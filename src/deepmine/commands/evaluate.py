@@ -7,7 +7,6 @@ evaluation is itself recorded as an MLflow run tagged `deepmine.evaluated_run`.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -157,7 +156,8 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
     return metrics, run.run_id
 
 
-if __name__ == "__main__":
-    from deepmine.cli import main as cli_main
+def run(args: list[str]) -> int:
+    """`deepmine eval [overrides]`: Hydra reads the overrides (and -m, --cfg, --help)."""
+    from deepmine.run.hydra_app import run_hydra_app
 
-    sys.exit(cli_main(["eval", *sys.argv[1:]]))
+    return run_hydra_app(main, "eval", args)
