@@ -19,7 +19,7 @@ test:
 	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 lint:
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

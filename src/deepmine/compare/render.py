@@ -3,6 +3,9 @@
 The tables are pandas DataFrames, so each file format is pandas' own writer (`to_csv`,
 `to_markdown` through tabulate, `to_latex` through jinja2); JSON holds everything, including
 every run id and value, for whoever wants to redo the numbers.
+
+It is one module on purpose: every format renders the same two tables (groups, contrasts)
+with the same number formatting, which must not drift between formats.
 """
 
 from __future__ import annotations

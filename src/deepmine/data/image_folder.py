@@ -24,6 +24,9 @@ unchanged folder never does.
 The folder's identity is part of a run's record: inside the project's DVC-tracked `data/` it is
 versioned by DVC (`dvc_tracked`); anywhere else `deepmine train` tags the run with its path and
 `folder_hash`.
+
+It is one module on purpose: the layouts, the decoding, the cache key and the folder hash must
+agree on which files an image folder holds, so they are read together.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ too (slices in evaluation order): use `reshape`, not `view`, on them.
 With `storage=mmap` the series tensor itself is a copy-on-write memory map of a `.npy` in
 `cache_dir` (`deepmine.data.mapped`), so the windows are views of the file and a batch's gather
 reads only its windows' steps; values and batches are the same, bit for bit.
+
+It is one module on purpose: reading, splitting by time, scaling on the training part and
+cutting windows are one chain whose invariants (no window straddles a split, scalers fit on
+training steps only) are easiest to check read top to bottom.
 """
 
 from __future__ import annotations
