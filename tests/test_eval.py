@@ -51,3 +51,21 @@ def test_eval_by_checkpoint_file(sandbox):
     assert proc.returncode == 2
     assert "does not fit the configured model" in proc.stderr.strip().splitlines()[-1]
     assert json.loads(next(sandbox.logs.glob("train/runs/*/*/metrics.json")).read_text())
+
+
+def test_eval_option_of_another_task_is_refused_not_dropped(sandbox):
+    """`robustness=` attacks classifiers: on a regression run it is refused in one line before
+    any eval run opens (the task's `eval_options` say which keys the eval command decides)."""
+    proc = sandbox.train("task=regression", "data=diabetes", "net=mlp", "debug=fast")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (trained,) = sandbox.runs()
+    proc = run_cli(
+        "eval",
+        *sandbox.overrides(f"run_id={trained.info.run_id}", "robustness=fgsm_pgd"),
+        cwd=sandbox.cwd,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: robustness applies to ClassificationTask models"), line
+    assert "RegressionTask" in line and "Fix: drop robustness=" in line, line
+    assert [r.info.run_id for r in sandbox.runs()] == [trained.info.run_id]

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from conftest import ROOT, one_line_error, start_cli
 from deepmine.data.fashion_mnist import FashionMNISTDataModule
-from deepmine.tasks.classification import confusion_scores
+from deepmine.tasks.classification.task import confusion_scores
 
 
 @pytest.fixture(scope="module")

@@ -57,10 +57,21 @@ def evaluate(cfg: DictConfig) -> dict:
         # run older than it) stays as it was
         from hydra.utils import get_class
 
-        for key in getattr(get_class(model_cfg.task._target_), "eval_options", ()):
+        model_task = get_class(model_cfg.task._target_)
+        own = getattr(model_task, "eval_options", ())
+        for key in own:
             value = cfg.task.get(key)
             if value or key in model_cfg.task:
                 model_cfg.task[key] = value
+        # an option this command's task config offers that the tested model's task does not
+        # take (robustness=... on a regression model) is refused, not silently dropped
+        for key in getattr(get_class(cfg.task._target_), "eval_options", ()):
+            if key not in own and cfg.task.get(key):
+                raise DeepmineError(
+                    f"{key} applies to {cfg.task._target_.rsplit('.', 1)[-1]} models, and this "
+                    f"model is a {model_task.__name__}",
+                    f"drop {key}=... from the command",
+                )
         data_tags = verify_data(model_cfg)
         metrics, run_id = _test(cfg, model_cfg, checkpoint, store, data_tags)
     width = max([14, *(len(key) + 2 for key in metrics)])
