@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from deepmine.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+
 USAGE = """\
 usage: deepmine <command> [args]
 
@@ -80,8 +82,6 @@ COMMANDS = {
     "runs": "runs",
     "compare": "compare",
 }
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:

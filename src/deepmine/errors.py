@@ -8,6 +8,12 @@ one): the corrected command in backticks or the corrected override after "e.g.",
 for an override to remove, or a repair command in backticks after which the same command works.
 """
 
+#: exit codes of every command: a run or check that failed, bad input (a `DeepmineError`'s
+#: default), Ctrl-C or SIGTERM
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
 #: what an interrupted command prints (Ctrl-C or SIGTERM), wherever it is caught
 INTERRUPTED = (
     "error: interrupted (Ctrl-C or SIGTERM); a run that was open is closed KILLED with what it "

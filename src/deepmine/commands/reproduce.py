@@ -3,8 +3,7 @@ re-execute a recorded run (the work is in `deepmine.reproduce`)."""
 
 from __future__ import annotations
 
-#: the run or check failed (bad input exits 2 through `deepmine.cli`)
-EXIT_FAILED = 1
+from deepmine.errors import EXIT_FAILED
 
 
 def run(args: list[str]) -> int:

@@ -33,7 +33,6 @@ def check_override_types(cfg: DictConfig, config_name: str, overrides: list[str]
     number was expected is fine (int for a float too); a string, a list or a float where an
     int was expected is refused with the key, the value and the expected type.
     """
-    import hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

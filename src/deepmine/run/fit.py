@@ -8,14 +8,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from deepmine.errors import DeepmineError
+from deepmine.errors import EXIT_FAILED, DeepmineError
 from deepmine.runtime import timeline
 
 
 class RunFailed(DeepmineError):
     """Training raised after the run was opened; the run is recorded FAILED."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 def fit_and_test(cfg: DictConfig, parts, output_dir: Path, resume_from=None) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepmine.errors import DeepmineError, first_line
+from deepmine.errors import EXIT_FAILED, DeepmineError, first_line
 from deepmine.sweeps.summary import JobRow, Summary
 
 SWEEP_FILE = "deepmine-sweep.json"
@@ -36,7 +36,7 @@ SWEEP_FILE = "deepmine-sweep.json"
 class SweepFailed(DeepmineError):
     """Some jobs of a sweep failed; the others ran and everything is recorded."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 @dataclass

@@ -214,17 +214,22 @@ class Task(StepsPerCall, pl.LightningModule):
         outputs = self(x)
         target = self.learning_target(x, y)
         loss = self.compute_loss(outputs, target)
-        detached = loss.detach()
         self.update_train_state(outputs.detach(), target)
-        self.train_loss_sum.add_(detached * len(y))
-        self.train_samples.add_(len(y))
+        self.record_train_loss(loss.detach(), len(y))
+        return loss
+
+    def record_train_loss(self, loss: torch.Tensor, samples: int) -> None:
+        """A training batch's (detached) mean loss over `samples` rows: into the epoch's sums
+        (`train/loss_epoch`), and logged as `train/loss` on the steps the logger writes. A task
+        with its own `training_step` calls this so both stay the base's."""
+        self.train_loss_sum.add_(loss * samples)
+        self.train_samples.add_(samples)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # the steps Lightning's logger connector writes; logging on the others is discarded
             if self.steps_per_call == 1:
-                self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
+                self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
             elif self._stepping:
-                self._log_inner_step(detached)
-        return loss
+                self._log_inner_step(loss)
 
     def on_train_epoch_end(self) -> None:
         """`train/loss_epoch` (sample-weighted mean) and the task's training scores, summed

@@ -180,14 +180,7 @@ class AnomalyTask(Task):
         """The base's step with the loss and its sums over the normal rows only."""
         x, y = batch
         loss, n = self.normal_loss(x, y)
-        detached = loss.detach()
-        self.train_loss_sum.add_(detached * n)
-        self.train_samples.add_(n)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            if self.steps_per_call == 1:
-                self.log("train/loss", detached, on_step=True, on_epoch=False, prog_bar=True)
-            elif self._stepping:
-                self._log_inner_step(detached)
+        self.record_train_loss(loss.detach(), n)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
