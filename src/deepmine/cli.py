@@ -21,6 +21,13 @@ commands:
   train [overrides]   compose conf/train.yaml, train, test, record the run in MLflow
                       (-m/--multirun sweeps; --cfg job prints the config; --help lists groups)
   eval  [overrides]   test a checkpoint (ckpt_path=...) or a recorded run (run_id=...)
+  predict run_id=<id>|model=models:/<name>@<alias> input=<csv|parquet|folder> [output=...]
+                      score new data with a logged model (raw rows in, class names,
+                      units, forecasts, clusters or anomaly scores out), in chunks;
+                      recorded as a run with its input, model and a drift table
+  models promote <name> <version> --alias <alias>
+                      point a registry alias (e.g. champion) at a model version
+  models list <name>  the versions of a registered model and their aliases
   data pull [--force] fill data/ (DVC remote, else the local public sources) and verify it;
                       --force overwrites local changes
   data status         say whether data/ matches the version pinned in data.dvc
@@ -68,6 +75,8 @@ examples:
   deepmine train -m launcher=joblib seed=0,1,2,3          (jobs in parallel)
   deepmine train -m hparams_search=fashion_mnist_optuna   (an Optuna search; resume=true)
   deepmine eval run_id=<mlflow run id>
+  deepmine train logger.register=wine && deepmine models promote wine 1 --alias champion
+  deepmine predict model=models:/wine@champion input=new_wines.csv
   deepmine compare --sweep logs/train/multiruns/<date>/<time> --plots compare/
 """
 
@@ -81,6 +90,8 @@ COMMANDS = {
     "server": "server",
     "runs": "runs",
     "compare": "compare",
+    "predict": "predict",
+    "models": "models",
 }
 
 
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             return module.run(rest)
 
         # a Hydra command's overrides can name the path that failed (see `_path_fix`)
-        return _guarded(run, rest if command in ("train", "eval") else ())
+        return _guarded(run, rest if command in ("train", "eval", "predict") else ())
     import difflib
     import shlex
 
@@ -153,7 +164,7 @@ def _one_store_option(command: str, args: list[str]) -> list[str]:
     uri = flag if flag is not None else override
     if uri is None:
         return list(args)
-    hydra_form = command in ("train", "eval") or (
+    hydra_form = command in ("train", "eval", "predict") or (
         command == "reproduce" and (not kept or kept[0] != "run")
     )
     return [*kept, f"{STORE_OVERRIDE}={uri}"] if hydra_form else [*kept, "--tracking-uri", uri]

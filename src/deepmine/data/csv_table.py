@@ -116,11 +116,13 @@ class CSVDataModule(TensorDataModule):
     def make_splits(self) -> None:
         frame, features, numeric, y = self._checked_table()
         self.rows = self._split(frame, y)
+        raw_numeric, fills = numeric, {}
         if self.impute in ("mean", "median"):
-            numeric = tables.impute(numeric, self.rows["train"], self.impute)
+            numeric, fills = tables.impute(numeric, self.rows["train"], self.impute)
         x, is_numeric = self._feature_matrix(frame, features, numeric)
         self._check_configured_shapes()
-        x_splits = tables.standardized(x, is_numeric, self.rows)
+        x_splits, scaling = tables.standardized(x, is_numeric, self.rows)
+        self._codec_parts = (frame, features, raw_numeric, fills, scaling)
         self.tensors = {
             split: (x_splits[split], y[torch.as_tensor(rows)]) for split, rows in self.rows.items()
         }
@@ -128,6 +130,24 @@ class CSVDataModule(TensorDataModule):
             self.tensors = mapped_splits(self.tensors, self.cache_dir, "table")
         if self.targets == "value":
             self.target_scaler = fit_scaler(self.tensors["train"][1])
+
+    def codec(self):
+        """The table's preprocessing as fitted on the training rows (`TableCodec`)."""
+        from deepmine.data.codecs import TableCodec
+
+        self.setup()
+        frame, features, numeric, fills, scaling = self._codec_parts
+        return TableCodec.fitted(
+            frame,
+            features,
+            numeric,
+            self.categories,
+            fills if self.impute in ("mean", "median") else {},
+            scaling,
+            self.rows["train"],
+            self.class_names if self.targets == "class" else (),
+            self.target_names if self.targets == "value" else (),
+        )
 
     def _checked_table(self) -> tuple[pd.DataFrame, list[str], dict[str, pd.Series], torch.Tensor]:
         """The table with every check done before any split: columns, types, gaps (rows with
@@ -257,6 +277,7 @@ class CSVDataModule(TensorDataModule):
         """`(x, is_numeric)`: features in the table's order, each categorical column expanded in
         place into its one-hot columns; `is_numeric` marks the columns to standardize."""
         blocks, flags, names = [], [], []
+        self.categories = {}
         for column in features:
             if column in numeric:
                 blocks.append(numeric[column].to_numpy(np.float32)[:, None])
@@ -264,6 +285,7 @@ class CSVDataModule(TensorDataModule):
                 names.append(column)
                 continue
             categories, matrix = tables.one_hot(frame[column], self.rows["train"])
+            self.categories[column] = categories
             blocks.append(matrix)
             flags.extend([False] * len(categories))
             names.extend(f"{column}={c}" for c in categories)

@@ -83,6 +83,26 @@ class DiabetesDataModule(TensorDataModule):
             "num_targets": self.num_targets,
         }
 
+    def codec(self):
+        """The features' training standardization (`TableCodec`): raw columns by name."""
+        import pandas as pd
+
+        from deepmine.data.codecs import TableCodec
+
+        self.setup()
+        frame = pd.DataFrame(self._raw, columns=list(self.features))
+        numeric = {name: frame[name] for name in self.features}
+        return TableCodec.fitted(
+            frame,
+            list(self.features),
+            numeric,
+            {},
+            {},
+            self._scaling,
+            self.rows["train"],
+            target_names=self.target_names,
+        )
+
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """`(x, y)`: the raw selected feature columns and the target, in file order."""
         from sklearn.datasets import load_diabetes
@@ -101,7 +121,8 @@ class DiabetesDataModule(TensorDataModule):
             SOURCE,
             tail=self.split == "tail",
         )
-        features = standardized(x, np.ones(x.shape[1], dtype=bool), self.rows)
+        features, self._scaling = standardized(x, np.ones(x.shape[1], dtype=bool), self.rows)
+        self._raw = x
         y = torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1)
         self.tensors = {
             split: (features[split], y[torch.as_tensor(rows)]) for split, rows in self.rows.items()

@@ -127,6 +127,19 @@ class InMemoryDataModule(TensorDataModule):
         if self.augmentation is not None:
             self.augmentation.pixels = PixelSpace(self.transform, self.pixel_max)
 
+    def codec(self):
+        """The images' training size, colour and normalization (`ImageCodec`)."""
+        from deepmine.data.codecs import ImageCodec
+
+        self.setup()
+        return ImageCodec.fitted(
+            self.input_shape,
+            self.pixel_max,
+            self.transform,
+            self.tensors["train"][0],
+            self.class_names,
+        )
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Augment a training batch on its device; any other batch passes as it is. With no
         augmentation this is one `None` check per batch (Lightning calls the task's no-op hook

@@ -267,6 +267,13 @@ class SeriesDataModule(TensorDataModule):
             "test": (test_start, steps),
         }
 
+    def codec(self):
+        """The window, scaling and time spacing of the training series (`SeriesCodec`)."""
+        from deepmine.data.codecs import SeriesCodec
+
+        self.setup()
+        return SeriesCodec.fitted(self)
+
     # -- shapes ------------------------------------------------------------------------------
 
     def shapes(self) -> dict:

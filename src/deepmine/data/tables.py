@@ -200,15 +200,19 @@ def rows_by_column(values: pd.Series, column: str, path: Path) -> dict[str, np.n
     return splits
 
 
-def impute(numeric: dict[str, pd.Series], train: np.ndarray, strategy: str) -> dict[str, pd.Series]:
-    """Fill the gaps of numeric columns with the mean or median of their training rows (the
-    statistics of rows a model never trains on would leak into the features)."""
-    filled = {}
+def impute(
+    numeric: dict[str, pd.Series], train: np.ndarray, strategy: str
+) -> tuple[dict[str, pd.Series], dict[str, float]]:
+    """`(filled, fills)`: the gaps of numeric columns filled with the mean or median of their
+    training rows (the statistics of rows a model never trains on would leak into the
+    features), and each column's fill value (what a logged model fills a new row's gap with)."""
+    filled, fills = {}, {}
     for column, values in numeric.items():
         fit = values.iloc[train]
         fill = fit.mean() if strategy == "mean" else fit.median()
-        filled[column] = values.fillna(0.0 if pd.isna(fill) else fill)
-    return filled
+        fills[column] = 0.0 if pd.isna(fill) else float(fill)
+        filled[column] = values.fillna(fills[column])
+    return filled, fills
 
 
 def one_hot(labels: pd.Series, train: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -229,9 +233,10 @@ def one_hot(labels: pd.Series, train: np.ndarray) -> tuple[list[str], np.ndarray
 
 def standardized(
     x: np.ndarray, numeric: np.ndarray, splits: dict[str, np.ndarray]
-) -> dict[str, torch.Tensor]:
-    """Each split's rows of `x` as float32, the `numeric` columns standardized with the mean and
-    std of the training rows; other columns (one-hot) are kept as 0/1."""
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """`(parts, (mean, std))`: each split's rows of `x` as float32, the `numeric` columns
+    standardized with the mean and std of the training rows (returned too: a logged model
+    scales new rows with them); other columns (one-hot) are kept as 0/1."""
     x = torch.as_tensor(x, dtype=torch.float32)
     mask = torch.as_tensor(numeric, dtype=torch.bool)
     mean, std = fit_scaler(x[torch.as_tensor(splits["train"])][:, mask])
@@ -240,7 +245,7 @@ def standardized(
         part = x[torch.as_tensor(rows)].clone()
         part[:, mask] = (part[:, mask] - mean) / std
         out[split] = part.contiguous()
-    return out
+    return out, (mean, std)
 
 
 def file_md5(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -86,6 +86,14 @@ class TensorDataModule(pl.LightningDataModule):
         """The values of the data config's shape keys, read from the data itself."""
         raise NotImplementedError
 
+    def codec(self):
+        """The fitted preprocessing a logged model carries (`deepmine.data.codecs`): raw input
+        in, the net's input out. Read after `setup()`."""
+        raise DeepmineError(
+            f"{type(self).__name__} has no prediction pipeline (codec)",
+            "log models of runs on a table, image or series data config",
+        )
+
     def normalized(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole split as the net sees it (float32, normalized): for analysis and tests;
         training normalizes batch by batch."""

@@ -141,18 +141,16 @@ def record_end(run, cfg: DictConfig, parts, result: dict, output_dir: Path, pip_
 
 
 def log_model(run, cfg: DictConfig, parts, result: dict):
-    """The best weights (what `trainer.test` loaded and scored) in a task module built afresh
-    from the config, so the MLflow model carries no trainer, test results or plots' data, and
-    the first rows of a real test batch as its input example."""
-    from deepmine.run.build import build_task
+    """The whole pipeline as the run's MLflow model: the datamodule's fitted preprocessing, the
+    best weights (what `trainer.test` loaded and scored, plus what the test fitted) in a task
+    module built afresh from the config, and the task's outputs in the user's terms
+    (`deepmine.run.pipeline`)."""
+    from deepmine.run.pipeline import build_pipeline
     from deepmine.tracking.model import log_model as log_mlflow_model
 
-    model = build_task(cfg)
-    model.load_state_dict(parts.task.state_dict())
-    batch = next(iter(parts.datamodule.test_dataloader()))
-    inputs = batch[0] if isinstance(batch, list | tuple) else batch
+    pipeline = build_pipeline(cfg, parts.datamodule, parts.task)
     register = cfg.logger.get("register")
-    return log_mlflow_model(run, model, inputs, step=result["global_step"], register=register)
+    return log_mlflow_model(run, pipeline, step=result["global_step"], register=register)
 
 
 def record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:

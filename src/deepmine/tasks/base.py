@@ -13,7 +13,10 @@ subclasses `Task` and provides:
   `train_state_sizes()` names the sums, `update_train_state(outputs, y)` adds a batch to them
   and `train_scores(state)` turns them into scores at the epoch end (summed over DDP ranks);
 - `plots(folder, title, datamodule)`, `result_files(folder)`, `run_tags()` and
-  `summary_lines(metrics)`: its artifacts, tags and the lines `deepmine train` prints at the end.
+  `summary_lines(metrics)`: its artifacts, tags and the lines `deepmine train` prints at the end;
+- `predict_outputs(x)`: its answer for new inputs, in its own terms (probabilities, values in
+  the data's units, clusters, anomaly scores), what a logged model returns
+  (`deepmine.run.pipeline` names the outputs in the user's terms).
 
 The base owns the rest: optimizer/scheduler completion, the hot training step (one loss, one
 state update, a running loss sum; `train/loss` only on the steps the logger writes),
@@ -60,6 +63,9 @@ class Task(StepsPerCall, pl.LightningModule):
     #: task config keys the `deepmine eval` command decides rather than the recorded run (e.g.
     #: which attacks to run on the tested model)
     eval_options: ClassVar[tuple[str, ...]] = ()
+    #: persistent buffers only a trained model fills after its test (cluster centres, a
+    #: threshold): a checkpoint written before they existed loads with their initial values
+    prediction_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -154,6 +160,15 @@ class Task(StepsPerCall, pl.LightningModule):
         """Tags the task sets on its run once tested (e.g. that a clustering had no labels)."""
         return {}
 
+    def predict_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The task's answer for a batch of the net's inputs: named tensors, one row per
+        sample (`deepmine.run.pipeline.OUTPUTS` lists the names)."""
+        raise DeepmineError(
+            f"{type(self).__name__} does not score new data",
+            "log and predict with a classification, regression, forecasting, clustering or "
+            "anomaly model",
+        )
+
     def summary_lines(self, metrics: dict[str, float]) -> list[str]:
         """What `deepmine train` prints about the result, one line each."""
         return [
@@ -192,6 +207,12 @@ class Task(StepsPerCall, pl.LightningModule):
         # forget its best validation score so far.
         if self.val_best.update_count:
             checkpoint["deepmine_val_best"] = float(self.val_best.compute())
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state = dict(state_dict)
+        for name in self.prediction_buffers:  # see `prediction_buffers`
+            state.setdefault(name, getattr(self, name))
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_best.reset()

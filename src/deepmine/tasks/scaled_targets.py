@@ -30,6 +30,9 @@ class ScaledTargetsTask(Task):
     """A task over float targets of `num_targets` columns; `to_targets` reshapes the net's
     flat outputs into the target layout (regression: `(B, T)`, forecasting: `(B, H, T)`)."""
 
+    #: the name of its predictions among `deepmine.run.pipeline.OUTPUTS`
+    prediction_name = "values"
+
     def __init__(
         self,
         net: nn.Module,
@@ -72,6 +75,9 @@ class ScaledTargetsTask(Task):
     def in_units(self, outputs: torch.Tensor) -> torch.Tensor:
         """Predictions in the data's units, in the layout of `y`."""
         return self.to_targets(outputs) * self.target_std + self.target_mean
+
+    def predict_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.prediction_name: self.in_units(self(x))}
 
     def compute_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.to_targets(outputs), self.standardized(y))

@@ -185,3 +185,25 @@ def log_datasets(run, name: str, data: DataSource, tensors: Mapping, attempts: i
         except MlflowException:
             if attempt == attempts - 1:
                 raise
+
+
+def log_prediction_input(run, name: str, source: str, md5: str, profile: dict, model_id: str):
+    """Record what a prediction run scored: the input as a dataset with context `prediction`
+    (digest: its MD5, so the same bytes are one dataset however often they are scored) and the
+    logged model it was scored with as the run's model input (MLflow links the two pages)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = Dataset(
+        name=name,
+        digest=md5[:MAX_DIGEST],
+        source_type="local",
+        source=json.dumps({"uri": source}),
+        profile=json.dumps({**profile, "md5": md5}),
+    )
+    tags = [InputTag(MLFLOW_DATASET_CONTEXT, "prediction")]
+    run.client.log_inputs(
+        run.run_id,
+        datasets=[DatasetInput(dataset, tags=tags)],
+        models=[LoggedModelInput(model_id)] if model_id else None,
+    )

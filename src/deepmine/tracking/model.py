@@ -1,24 +1,28 @@
-"""The trained model as an MLflow model: loadable with `mlflow.pytorch.load_model`, servable
-with `mlflow models serve`, optionally registered in the model registry.
+"""The trained model as an MLflow model: the whole pipeline (`deepmine.run.pipeline`), loadable
+with `mlflow.pyfunc.load_model`, servable with `mlflow models serve`, optionally registered.
 
-What is logged is a task module with the best checkpoint's weights (what `trainer.test`
-scored; `run.records.log_model` builds it afresh, so nothing of the trainer or the test comes
-along), as MLflow 3 logs a model: a `LoggedModel` of the run's experiment named `model`, an
-output of the run, so `runs:/<run id>/model` and `models:/<model id>` both name it. Its
-signature and input example come from a few rows of a real test batch, as the net sees them
-(normalized by the data module); its outputs are the task's raw outputs (class logits;
-standardized values for regression and forecasting).
+The flavour is MLflow's `python_function` with a `PythonModel` (`PipelineModel`): a model of the
+`pytorch` flavour takes the tensors the net sees and answers with logits or standardized values,
+which no user has or wants; the pyfunc takes raw rows (a DataFrame of the training table's
+columns, image files or arrays, a series with its time column) and answers in class names,
+probabilities, units and timestamps. Its input signature names the columns the pipeline reads
+(type `any` and optional: the pipeline checks them itself, so a missing column or a word in a
+numeric one is refused in deepmine's one line, which `mlflow models serve` returns as its 400;
+MLflow's own enforcement would refuse an integer column where training read floats). Image
+models have no input schema, so arrays pass as well as a `path` column. `params` take
+`on_unseen` (zeros | refuse: a category never seen in training).
 
-Why by hand rather than `mlflow.pytorch.log_model`: that function talks to MLflow's global
-tracking URI and active run, which deepmine never sets (one explicit client per store, no state
-leaking between jobs of one process); the steps below are its steps, through the run's client.
+It is logged as MLflow 3 logs a model: a `LoggedModel` of the run's experiment named `model`,
+an output of the run, so `runs:/<run id>/model` and `models:/<model id>` both name it; its
+`metadata.deepmine.pipeline` marks it as a pipeline (models logged before are refused with the
+fix, by `deepmine predict`).
 
-Why the pickle format and not MLflow's default `pt2` (`torch.export`): the exported graph fixes
-the batch size of the example for the sequence nets and the autoencoders (their reshapes read
-`len(x)`), so the served model would refuse any other batch. Loading the pickle needs deepmine
-importable (its classes are pickled by reference): `mlflow models serve --env-manager local`
-from the project's environment.
-
+Why by hand rather than `mlflow.pyfunc.log_model`: that function talks to MLflow's global
+tracking URI and active run, which deepmine never sets (one explicit client per store); the
+steps below are its steps, through the run's client. Why a pickled Python object and not
+"models from code": the pipeline is deepmine's own classes, pickled by reference, so loading
+needs deepmine importable (`mlflow models serve --env-manager local` from the project's
+environment) either way, and the pickle keeps the weights and fitted statistics in one file.
 Why explicit pip requirements: MLflow otherwise infers them by loading the model in a
 subprocess, which costs seconds per run.
 """
@@ -39,7 +43,16 @@ REGISTERED_TAG = "deepmine.model.registered"
 #: rows of the input example
 EXAMPLE_ROWS = 5
 #: what the model needs installed besides deepmine itself
-REQUIREMENTS = ("torch", "lightning", "torchmetrics", "numpy", "mlflow")
+REQUIREMENTS = (
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "numpy",
+    "pandas",
+    "pillow",
+    "scikit-learn",
+    "mlflow",
+)
 
 
 @dataclass(frozen=True)
@@ -55,20 +68,15 @@ def requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in REQUIREMENTS]
 
 
-def log_model(run, module, batch, step: int = 0, register: str | None = None) -> LoggedModel:
-    """Log `module` (a torch module, moved to the CPU and set to eval mode) as the run's MLflow
-    model, with the first rows of `batch` (a tensor of inputs) as its example; register it as
-    `register` when given."""
-    import mlflow.pytorch
-    import torch
+def log_model(run, pipeline, step: int = 0, register: str | None = None) -> LoggedModel:
+    """Log `pipeline` (`deepmine.run.pipeline.Pipeline`) as the run's MLflow model; register it
+    as `register` when given."""
+    import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import Model
 
-    module = module.cpu().eval()
-    example = batch[:EXAMPLE_ROWS].detach().cpu()
-    with torch.no_grad():
-        outputs = module(example)
-    signature = infer_signature(example.numpy(), outputs.numpy())
+    from deepmine.tracking.pyfunc_model import PipelineModel, model_metadata, signature
+
     client = run.client
     logged = client.create_logged_model(
         run.experiment_id, name=MODEL_NAME, source_run_id=run.run_id
@@ -79,16 +87,15 @@ def log_model(run, module, batch, step: int = 0, register: str | None = None) ->
         run_id=run.run_id,
         model_id=logged.model_id,
     )
-    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pyfunc", "mlflow.models"):
         path = Path(tmp) / MODEL_NAME
-        mlflow.pytorch.save_model(
-            module,
+        mlflow.pyfunc.save_model(
             str(path),
+            python_model=PipelineModel(pipeline),
             mlflow_model=mlflow_model,
-            signature=signature,
-            input_example=example.numpy(),
+            signature=signature(pipeline),
             pip_requirements=requirements(),
-            serialization_format="pickle",
+            metadata=model_metadata(pipeline),
         )
         client.log_model_artifacts(logged.model_id, str(path))
     client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=step)])
@@ -130,13 +137,20 @@ def _register(run, logged, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Logger `name` below ERROR for the block: MLflow warns on every pickled model that
-    unpickling runs code, which the README says once instead of every run."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet(*names: str) -> Iterator[None]:
+    """Loggers `names` below ERROR and Python warnings off for the block: MLflow warns on
+    every pickled model that unpickling runs code (the README says it once instead of every
+    run), and that `predict` has no type hints (the signature is written explicitly)."""
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

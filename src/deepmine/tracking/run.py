@@ -19,6 +19,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -139,6 +140,15 @@ class RecordedRun:
             logged.update(chunk)
         self.params.update(logged)
         return logged
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Final values (not curves) at `step`, in batches of the store's limit."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(entries), 1000):
+            self.client.log_batch(self.run_id, metrics=entries[start : start + 1000])
 
     def set_tags(self, tags: dict[str, object]) -> None:
         from mlflow.entities import RunTag

@@ -70,6 +70,7 @@ class AnomalyTask(Task):
 
     targets = "class"  # the labels say which samples are normal; a table may have none
     labels_optional = True
+    prediction_buffers = ("threshold",)
     pairing_hint = (
         "use class-labelled data (fashion_mnist, digits, csv with data.target=<label column>) "
         "with task.normal_classes=[...], or score a table without labels (data.target=null)"
@@ -123,6 +124,9 @@ class AnomalyTask(Task):
         self.val_scored = True
         #: what the plots, files, tags and summary need, set by `finish_test`
         self.results: dict | None = None
+        #: the flagging threshold (float64, as computed), set by `finish_test`: what a logged
+        #: model flags new samples with
+        self.register_buffer("threshold", torch.tensor(float("nan"), dtype=torch.float64))
 
     # --- which samples are normal -----------------------------------------------------------
 
@@ -217,6 +221,7 @@ class AnomalyTask(Task):
         test_normal = self.is_normal(test_y).numpy()
         threshold = float(np.percentile(val_scores[val_normal], self.threshold_percentile))
         flagged = test_scores > threshold
+        self.threshold.fill_(threshold)
         evaluated = bool((test_y >= 0).any())
         logged = {
             "test/threshold": threshold,
@@ -252,6 +257,12 @@ class AnomalyTask(Task):
             "top": (top, test_x[torch.as_tensor(top, dtype=torch.long)]),
             "image": test_x.dim() == 4,
         }
+
+    def predict_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each sample's score and whether it is above the threshold (compared in float64, as
+        the test's flags are)."""
+        scores = self.errors(x)
+        return {"score": scores, "anomalous": scores.to(torch.float64) > self.threshold}
 
     def _scores(self, x: torch.Tensor) -> np.ndarray:
         """Every sample's score (float64, on the CPU), in eval mode, chunk by chunk."""

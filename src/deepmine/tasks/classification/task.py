@@ -154,6 +154,9 @@ class ClassificationTask(AdversarialRobustness, Task):
                 )
         return paths
 
+    def predict_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probabilities": torch.softmax(self(x), dim=1)}
+
     def summary_lines(self, metrics: dict[str, float]) -> list[str]:
         return [
             f"test/acc      {metrics.get('test/acc', float('nan')):.4f}",

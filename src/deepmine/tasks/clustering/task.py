@@ -51,6 +51,7 @@ class ClusteringTask(Task):
 
     targets = "class"  # labels, if any, are for scoring only
     labels_optional = True
+    prediction_buffers = ("cluster_centers",)
     pairing_hint = (
         "cluster class-labelled data (fashion_mnist, digits, csv with data.targets=class), "
         "or a table without labels (data.target=null)"
@@ -102,6 +103,9 @@ class ClusteringTask(Task):
         self.latent_map, self.seed = latent_map, int(seed)
         #: what the plots and the run's tags need, set by `finish_test`
         self.results: dict | None = None
+        #: the final clusters' centres in code space (k-means', or DEC's after refining), set
+        #: by `finish_test`: what a logged model assigns new samples with
+        self.register_buffer("cluster_centers", torch.zeros(self.num_clusters, net.latent_dim))
 
     # --- training: reconstruction -----------------------------------------------------------
 
@@ -136,8 +140,10 @@ class ClusteringTask(Task):
             rebuilt = self.net(shown.to(self.device)).cpu()
         kmeans = _kmeans(codes.numpy(), self.num_clusters, self.kmeans_n_init, self.seed, fit_rows)
         stages = {"ae_kmeans": kmeans.labels}
+        centers = torch.as_tensor(kmeans.centers, dtype=torch.float32)
         if self.refine == "dec":
             refined = self._dec(x, kmeans.centers)
+            centers = refined.centers.cpu()
             stages["dec"] = refined.assignments.numpy()
             codes, _ = self._encode(x)
             self.log("dec/iterations", float(refined.iterations))
@@ -157,6 +163,7 @@ class ClusteringTask(Task):
         for key, value in logged.items():
             self.log(key, value)
         final = stages["dec" if self.refine == "dec" else "ae_kmeans"]
+        self.cluster_centers.copy_(centers.to(self.cluster_centers))
         self.results = {
             "split": np.asarray(splits)[split_of],
             "stages": stages,
@@ -196,6 +203,12 @@ class ClusteringTask(Task):
                 self.dec_settings,
                 generator,
             )
+
+    def predict_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The nearest centre of each sample's code (k-means' and DEC's assignment) and the
+        distances to every centre."""
+        distances = torch.cdist(self.net.encode(x), self.cluster_centers)
+        return {"cluster": distances.argmin(1), "distances": distances}
 
     # --- what the run shows -----------------------------------------------------------------
 

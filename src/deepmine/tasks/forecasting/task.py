@@ -49,6 +49,8 @@ class ForecastingTask(ScaledTargetsTask):
     targets = "series"
     pairing_hint = "use task=forecasting with a series (data=sunspots, co2, series_csv, ...)"
 
+    prediction_name = "forecast"
+
     def __init__(
         self,
         net: nn.Module,
