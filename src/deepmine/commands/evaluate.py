@@ -164,6 +164,14 @@ def _test(cfg, model_cfg, checkpoint: Path, store, data_tags: dict) -> tuple[dic
                 run.log_file(path, "results")
         if task.run_tags():
             run.set_tags(task.run_tags())
+        if cfg.logger.get("log_model", True):
+            # the tested model as a whole pipeline (what `deepmine predict` scores with): how
+            # a run whose model was logged before pipelines gets one
+            from deepmine.run.pipeline import build_pipeline
+            from deepmine.tracking.model import log_model
+
+            logged = log_model(run, build_pipeline(model_cfg, datamodule, task))
+            print(f"model         {logged.uri}")
     return metrics, run.run_id
 
 

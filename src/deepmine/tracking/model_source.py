@@ -179,4 +179,7 @@ def _of_registry(client, uri: str) -> ModelSource:
     location = version.source
     if location.startswith("models:/"):  # registered from a logged model's URI
         location = client.get_logged_model(location[len("models:/") :]).artifact_location
-    return ModelSource(uri, version.run_id, version.model_id, location, name, version.version)
+    model_id = version.model_id
+    if not model_id and version.run_id:  # the SQL registry does not keep it: the run's model
+        model_id = _of_run(client, version.run_id).model_id
+    return ModelSource(uri, version.run_id, model_id, location, name, str(version.version))

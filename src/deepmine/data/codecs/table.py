@@ -9,7 +9,7 @@ input does not matter and extra columns are ignored.
 
 from __future__ import annotations
 
-import logging
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,8 +22,6 @@ from deepmine.errors import DeepmineError
 #: what to do with a category never seen in training: zeros: encode it as an all-zero one-hot
 #: row (as validation and test rows were in training), with a warning | refuse: stop
 ON_UNSEEN = ("zeros", "refuse")
-
-log = logging.getLogger(__name__)
 
 
 class TableCodec:
@@ -178,7 +176,8 @@ class TableCodec:
                 raise DeepmineError(
                     problem, "fix the values, or pass on_unseen=zeros to encode them as zeros"
                 )
-            log.warning("%s: encoded as all-zero one-hot rows", problem)
+            # said on stderr, as the datamodules warn (a logger would go to Hydra's log file)
+            print(f"warning: {problem}: encoded as all-zero one-hot rows", file=sys.stderr)
         matrix = np.zeros((len(values), len(categories)), dtype=np.float32)
         seen = codes >= 0
         matrix[np.flatnonzero(seen), codes[seen]] = 1.0
