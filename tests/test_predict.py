@@ -239,6 +239,24 @@ def test_registry_alias_promote_and_predict(wine):
     assert tags["deepmine.predict.registered_model"] == "wine"
     assert tags["deepmine.predict.model_version"] == "1"
     assert tags["deepmine.predict.model_uri"] == "models:/wine@champion"
+    # the run's own options: experiment, tags, no output artifact, a drift threshold
+    shifted = frame.head(20).assign(proline=frame.proline.head(20) * 3)
+    shifted.to_csv(box.cwd / "shifted20.csv", index=False)
+    proc = predict_cli(
+        box,
+        f"run_id={run_id}",
+        "input=shifted20.csv",
+        "experiment_name=scored",
+        "+tags.team=ops",
+        "log_output=false",
+        "drift_threshold=1000",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (scored,) = box.runs("scored")
+    assert scored.data.tags["team"] == "ops"
+    assert scored.data.tags["deepmine.predict.drifted"] == ""
+    assert scored.data.metrics["drift/psi/proline"] > 0.2
+    assert "predictions" not in {a.path for a in box.client().list_artifacts(scored.info.run_id)}
     missing = run_cli(
         "models",
         "promote",
@@ -474,13 +492,11 @@ def test_image_folder_model_scores_image_files(tmp_path):
     assert list(written.predicted.astype(str)) == list(fresh.predicted.astype(str))
 
     # arrays of another size are resized as files are; an unreadable file is one line
-    import mlflow.pyfunc
+    from deepmine.tracking.model_source import find_model, load_pipeline_model
+    from deepmine.tracking.store import connect
 
-    os.environ["MLFLOW_TRACKING_URI"] = box.uri
-    try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    store = connect(box.uri)
+    model = load_pipeline_model(store, find_model(store, run_id=run_id), tmp_path / "model")
     assert len(model.predict(np.zeros((2, 16, 16), dtype=np.uint8))) == 2
     bad = root / "test" / "0" / "broken.png"
     bad.write_bytes(b"not an image")

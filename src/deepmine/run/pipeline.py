@@ -45,6 +45,10 @@ class Pipeline:
         (a series: one per forecast step)."""
         if self.codec.kind == "series":
             return self._forecast(data)
+        if isinstance(data, dict) or (
+            isinstance(data, list) and data and isinstance(data[0], dict)
+        ):
+            data = pd.DataFrame(data)  # columns, or records: rows to cut into chunks
         parts = [self._frame(self._outputs(x)) for x in self._chunks(data, on_unseen)]
         return pd.concat(parts, ignore_index=True) if parts else self._frame({})
 
