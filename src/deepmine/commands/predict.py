@@ -71,7 +71,7 @@ def predict(cfg: DictConfig) -> dict:
 
 def _scored_run(cfg, store, experiment, source, model, reader, out_path, fmt) -> dict:
     from deepmine.data.drift import DriftCounter
-    from deepmine.provenance.secrets import mask_overrides, secret_values
+    from deepmine.provenance.secrets import MASK, is_secret_key, mask_overrides, secret_values
     from deepmine.run.scoring import OutputWriter
     from deepmine.tracking.datasets import log_prediction_input
     from deepmine.tracking.run import recorded_run
@@ -84,7 +84,9 @@ def _scored_run(cfg, store, experiment, source, model, reader, out_path, fmt) ->
         "deepmine.predict.input": str(reader.path),
         "deepmine.predict.output": str(out_path),
         **source.tags(),
-        **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+        **{
+            str(k): MASK if is_secret_key(k) else str(v) for k, v in (cfg.get("tags") or {}).items()
+        },
     }
     name = f"predict-{source.run_id[:8]}"
     pipeline = model.unwrap_python_model().pipeline

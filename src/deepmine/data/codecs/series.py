@@ -157,13 +157,14 @@ class SeriesCodec:
 
     def _times(self, frame: pd.DataFrame) -> pd.Index:
         values = frame[self.time_column]
-        if self.time_kind == "number":
-            return pd.Index(pd.to_numeric(values, errors="raise").to_numpy())
         try:
+            if self.time_kind == "number":
+                return pd.Index(pd.to_numeric(values, errors="raise").to_numpy())
             return pd.DatetimeIndex(pd.to_datetime(values))
         except (ValueError, TypeError) as exc:
+            kind = "numbers" if self.time_kind == "number" else "dates"
             raise DeepmineError(
-                f"time column {self.time_column!r} of the series is not dates "
+                f"time column {self.time_column!r} of the series is not {kind} "
                 f"({str(exc).splitlines()[0]})",
-                "use ISO dates (YYYY-MM-DD), as in the training series",
+                f"give it {kind}, as in the training series",
             ) from None
