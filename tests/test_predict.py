@@ -615,3 +615,22 @@ def test_anomaly_model_flags_as_the_run_flagged(tmp_path):
     assert np.abs(fresh.anomaly_score.to_numpy() - test.score.to_numpy()).max() < 1e-6
     threshold = client.get_run(run_id).data.metrics["test/threshold"]
     assert (fresh.anomalous == (fresh.anomaly_score > threshold)).all()
+
+
+def test_table_codec_reads_a_category_as_training_labelled_it():
+    """Codes read as ints, as floats (a gap elsewhere in the file) or as text are one label,
+    as `tables.as_labels` made them in training; a gap is an all-zero row."""
+    from deepmine.data.codecs import TableCodec
+
+    codec = TableCodec(
+        [
+            {"name": "k", "kind": "category", "categories": ["1", "2"]},
+            {"name": "v", "kind": "numeric", "fill": 3.0, "mean": 1.0, "std": 2.0},
+        ]
+    )
+    expected = [[1.0, 0.0, -0.25], [0.0, 1.0, 1.0]]
+    for codes in ([1, 2], [1.0, 2.0], pd.Series(["1", "2"], dtype="string")):
+        x = codec.encode(pd.DataFrame({"v": [0.5, None], "k": codes}))
+        assert x.tolist() == expected
+    gap = codec.encode(pd.DataFrame({"k": [1.0, None], "v": [0.5, 0.5]}))
+    assert gap[1, :2].tolist() == [0.0, 0.0]

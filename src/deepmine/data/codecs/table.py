@@ -163,7 +163,7 @@ class TableCodec:
         from deepmine.data.tables import as_labels
 
         name, categories = column["name"], column["categories"]
-        labels = as_labels(values.astype(object))
+        labels = as_labels(values)  # as training labelled them: 3, 3.0 and "3" are one label
         codes = pd.Categorical(labels, categories=categories).codes
         unseen = (codes < 0) & labels.notna().to_numpy()
         if unseen.any():
