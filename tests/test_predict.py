@@ -498,6 +498,13 @@ def test_image_folder_model_scores_image_files(tmp_path):
     store = connect(box.uri)
     model = load_pipeline_model(store, find_model(store, run_id=run_id), tmp_path / "model")
     assert len(model.predict(np.zeros((2, 16, 16), dtype=np.uint8))) == 2
+    one = predict_cli(
+        box, f"run_id={run_id}", f"input={files[0]}", f"output={box.path / 'one.csv'}"
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert list(pd.read_csv(box.path / "one.csv").predicted.astype(str)) == [
+        str(fresh.predicted[0])
+    ]
     bad = root / "test" / "0" / "broken.png"
     bad.write_bytes(b"not an image")
     proc = predict_cli(box, f"run_id={run_id}", f"input={root / 'test'}")

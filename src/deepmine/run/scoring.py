@@ -2,8 +2,9 @@
 loaded model, the predictions appended to a temporary file renamed into place at the end.
 
 - Inputs (`InputReader`): a CSV (pandas, `chunk_rows` rows at a time), a Parquet file
-  (pyarrow, record batches), a folder of images (the paths, `chunk_rows` at a time), or a
-  series CSV for a forecasting model (read whole: a forecast reads the series' end).
+  (pyarrow, record batches), a folder of images (the paths, `chunk_rows` at a time), one image
+  file, a CSV listing image files in a `path` column, or a series CSV for a forecasting model
+  (read whole: a forecast reads the series' end).
 - Outputs (`OutputWriter`): CSV or Parquet, written to `<name>.partial-<pid>` beside the
   target and renamed over it only when every chunk is in, so an interrupted or failed scoring
   never leaves a file that looks complete (and an older complete file stays as it was).
@@ -54,6 +55,9 @@ class InputReader:
     def chunks(self) -> Iterator[Chunk]:
         if self.path.is_dir():
             yield from self._images()
+        elif self.kind == "image" and self.path.suffix.lower() in IMAGE_SUFFIXES:
+            frame = pd.DataFrame({"path": [str(self.path)]})  # one image file
+            yield Chunk(frame, frame.copy(), 1.0)
         elif self.kind == "series":
             frame = self._read_whole()
             yield Chunk(frame, pd.DataFrame(index=range(0)), 1.0)
