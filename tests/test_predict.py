@@ -131,18 +131,25 @@ def prediction_runs(box: Sandbox) -> list:
 # --- a user's table: classification ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wine(tmp_path_factory):
-    box = Sandbox(tmp_path_factory.mktemp("wine"))
-    table = wine_table(box.path / "wine.csv")
-    run_id = trained(
-        box,
+def wine_data(table: Path) -> list[str]:
+    """The data overrides of a run on `wine_table`."""
+    return [
         "data=csv",
         f"data.path={table}",
         "data.target=cultivar",
         "data.categorical=[alcohol_level]",
         "data.impute=median",
         "data.split_column=split",
+    ]
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory):
+    box = Sandbox(tmp_path_factory.mktemp("wine"))
+    table = wine_table(box.path / "wine.csv")
+    run_id = trained(
+        box,
+        *wine_data(table),
         "trainer.max_epochs=3",
         "trainer.limit_train_batches=null",
         "logger.register=wine",
@@ -303,17 +310,7 @@ def test_a_model_logged_before_pipelines_is_explained_and_eval_relogs_it(wine, t
     from mlflow.entities import LoggedModelOutput
 
     box, _, frame = wine
-    table = box.path / "wine.csv"
-    proc = box.train(
-        "debug=fast",
-        "data=csv",
-        f"data.path={table}",
-        "data.target=cultivar",
-        "data.categorical=[alcohol_level]",
-        "data.impute=median",
-        "data.split_column=split",
-        "logger.log_model=false",
-    )
+    proc = box.train("debug=fast", *wine_data(box.path / "wine.csv"), "logger.log_model=false")
     assert proc.returncode == 0, proc.stderr[-2000:]
     old = box.runs()[-1]
     client = box.client()

@@ -74,6 +74,7 @@ def _scored_run(cfg, store, experiment, source, model, reader, out_path, fmt) ->
     from deepmine.provenance.secrets import MASK, is_secret_key, mask_overrides, secret_values
     from deepmine.run.scoring import OutputWriter
     from deepmine.tracking.datasets import log_prediction_input
+    from deepmine.tracking.pyfunc_model import predict_chunk
     from deepmine.tracking.run import recorded_run
 
     overrides = list(HydraConfig.get().overrides.task)
@@ -89,7 +90,6 @@ def _scored_run(cfg, store, experiment, source, model, reader, out_path, fmt) ->
         },
     }
     name = f"predict-{source.run_id[:8]}"
-    pipeline = model.unwrap_python_model().pipeline
     drift = DriftCounter(source.metadata["references"], float(cfg.drift_threshold))
     writer = OutputWriter(out_path, fmt)
     rows = 0
@@ -102,8 +102,9 @@ def _scored_run(cfg, store, experiment, source, model, reader, out_path, fmt) ->
         try:
             with _progress(reader.path.name) as advance:
                 for chunk in reader.chunks():
-                    predictions = _predict(model, chunk.frame, str(cfg.on_unseen))
-                    drift.add(pipeline.codec.drift_features(chunk.frame))
+                    predictions = predict_chunk(
+                        model, chunk.frame, {"on_unseen": str(cfg.on_unseen)}, drift
+                    )
                     if len(chunk.ids.columns) and len(chunk.ids) == len(predictions):
                         predictions = chunk.ids.join(predictions.reset_index(drop=True))
                     writer.write(predictions)
@@ -142,14 +143,6 @@ def _scored_run(cfg, store, experiment, source, model, reader, out_path, fmt) ->
         "seconds": seconds,
         "drift": table.to_dict("records"),
     }
-
-
-def _predict(model, frame, on_unseen: str):
-    """One chunk through the pyfunc model; deepmine's own one-line error (MLflow wraps it as
-    an invalid-parameter error for serving) comes back as a `DeepmineError`."""
-    from deepmine.tracking.pyfunc_model import predict_chunk
-
-    return predict_chunk(model, frame, {"on_unseen": on_unseen})
 
 
 def _fingerprint(path: Path) -> tuple[str, str]:

@@ -74,8 +74,7 @@ def numeric_column(frame: pd.DataFrame, column: str, path: Path, fix: str) -> pd
     values = frame[column]
     if pd.api.types.is_numeric_dtype(values):
         return values.astype(np.float64)
-    numbers = pd.to_numeric(values, errors="coerce")
-    bad = values[values.notna() & numbers.isna()]
+    numbers, bad = as_numbers(values)
     if len(bad):
         raise DeepmineError(
             f"column {column!r} of {path} has {len(bad)} non-numeric value(s), e.g. "
@@ -83,6 +82,13 @@ def numeric_column(frame: pd.DataFrame, column: str, path: Path, fix: str) -> pd
             fix,
         )
     return numbers.astype(np.float64)
+
+
+def as_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """`(numbers, bad)`: `values` as numbers (missing ones NaN), and the values that are
+    present but not numbers (pandas reads a column with one stray word as text)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers, values[values.notna() & numbers.isna()]
 
 
 def as_labels(values: pd.Series) -> pd.Series:

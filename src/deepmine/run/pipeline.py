@@ -40,22 +40,20 @@ class Pipeline:
     def kind(self) -> str:
         return self.codec.kind
 
-    def predict(self, data, on_unseen: str = "zeros") -> pd.DataFrame:
+    def predict(self, data, on_unseen: str = "zeros", drift=None) -> pd.DataFrame:
         """The predictions for the raw rows (images, series) of `data`, one row per input row
-        (a series: one per forecast step)."""
+        (a series: one per forecast step). `drift` (`deepmine.data.drift.DriftCounter`) counts
+        the input features as the codec reads them, so nothing is read twice for it."""
         if self.codec.kind == "series":
-            return self._forecast(data)
+            return self._forecast(data, drift)
         if isinstance(data, dict) or (
             isinstance(data, list) and data and isinstance(data[0], dict)
         ):
             data = pd.DataFrame(data)  # columns, or records: rows to cut into chunks
-        parts = [self._frame(self._outputs(x)) for x in self._chunks(data, on_unseen)]
+        parts = [self._frame(self._outputs(x)) for x in self._chunks(data, on_unseen, drift)]
         return pd.concat(parts, ignore_index=True) if parts else self._frame({})
 
-    def net_inputs(self, data, on_unseen: str = "zeros") -> torch.Tensor:
-        return self.codec.encode(data, on_unseen)
-
-    def _chunks(self, data, on_unseen: str):
+    def _chunks(self, data, on_unseen: str, drift):
         n = len(data)
         if n == 0:
             return
@@ -63,7 +61,7 @@ class Pipeline:
             part = data.iloc[start : start + CHUNK] if isinstance(data, pd.DataFrame) else None
             if part is None:
                 part = data[start : start + CHUNK]
-            yield self.codec.encode(part, on_unseen)
+            yield self.codec.encode(part, on_unseen, drift)
 
     def _outputs(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -90,10 +88,10 @@ class Pipeline:
             columns["anomalous"] = outputs["anomalous"].astype(bool)
         return pd.DataFrame(columns)
 
-    def _forecast(self, data) -> pd.DataFrame:
+    def _forecast(self, data, drift) -> pd.DataFrame:
         """The `horizon` steps after the series' last row, each with its time, in the
         targets' units."""
-        x = self.codec.encode(data)
+        x = self.codec.encode(data, drift=drift)
         forecast = self._outputs(x)["forecast"][0]  # (horizon, targets)
         columns = {
             self.codec.time_column: self.codec.future_times(data),

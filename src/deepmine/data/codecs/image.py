@@ -80,12 +80,14 @@ class ImageCodec:
     def mode(self) -> str:
         return "L" if self.shape[0] == 1 else "RGB"
 
-    def encode(self, data, on_unseen: str = "zeros") -> torch.Tensor:
+    def encode(self, data, on_unseen: str = "zeros", drift=None) -> torch.Tensor:
         """A normalized `(N, C, H, W)` batch of `data`: a DataFrame with a `path` column (image
         files) or an `image` column (the files' bytes), or an array (or list of arrays) of
         images `(H, W)`, `(N, H, W)`, `(N, C, H, W)` or `(N, H, W, C)` in the data's pixel
-        scale."""
+        scale. `drift` (`deepmine.data.drift.DriftCounter`) is given each image's mean pixel."""
         pixels = self.pixels(data)
+        if drift is not None:
+            drift.add({DRIFT_FEATURE: _pixel_means(pixels, self.pixel_max)})
         normalize = Normalize(
             self.scale,
             None if self.mean is None else torch.tensor(self.mean),
@@ -104,9 +106,6 @@ class ImageCodec:
         if arrays is not None and arrays and arrays[0].ndim >= 2:
             return torch.cat([self._from_array(a[None]) for a in arrays])
         return self._from_array(np.asarray(data))
-
-    def drift_features(self, data) -> dict[str, object]:
-        return {DRIFT_FEATURE: _pixel_means(self.pixels(data), self.pixel_max)}
 
     def _from_files(self, frame: pd.DataFrame) -> torch.Tensor:
         from deepmine.data.image_folder import decode_image

@@ -85,15 +85,14 @@ class SeriesCodec:
     def input_columns(self) -> list[str]:
         return [self.time_column, *self.input_names]
 
-    def encode(self, data, on_unseen: str = "zeros") -> torch.Tensor:
-        """The one window `(1, lookback, inputs)` ending at the input's last row."""
+    def encode(self, data, on_unseen: str = "zeros", drift=None) -> torch.Tensor:
+        """The one window `(1, lookback, inputs)` ending at the input's last row; `drift`
+        (`deepmine.data.drift.DriftCounter`) is given every row of each input column."""
         frame = self._checked(data)
-        values = np.column_stack(
-            [
-                pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
-                for c in self.input_names
-            ]
-        )
+        columns = {c: pd.to_numeric(frame[c]).to_numpy(np.float64) for c in self.input_names}
+        if drift is not None:
+            drift.add(columns)
+        values = np.column_stack(list(columns.values()))
         window = torch.from_numpy(values[-self.lookback :].astype(np.float32))[None]
         normalize = (
             Normalize()
@@ -114,33 +113,22 @@ class SeriesCodec:
             ]
         return [last + self.step * k for k in range(1, self.horizon + 1)]
 
-    def drift_features(self, data) -> dict[str, object]:
-        frame = self._checked(data)
-        return {
-            c: pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
-            for c in self.input_names
-        }
-
     def _checked(self, data) -> pd.DataFrame:
-        from deepmine.data.codecs.table import as_frame
+        from deepmine.data.codecs.table import as_frame, require_input_columns
 
         frame = as_frame(data)
-        missing = [c for c in self.input_columns if c not in frame.columns]
-        if missing:
-            raise DeepmineError(
-                f"the series has no column(s) {', '.join(map(repr, missing))}, which the model "
-                f"was trained on (it reads {', '.join(map(repr, self.input_columns))})",
-                "add the column(s); other columns are ignored",
-            )
+        require_input_columns(frame, self.input_columns, "the series")
         if len(frame) < self.lookback:
             raise DeepmineError(
                 f"the series has {len(frame)} rows, fewer than the {self.lookback} steps of "
                 "history (data.lookback) the model forecasts from",
                 f"pass at least the last {self.lookback} rows of the series",
             )
+        from deepmine.data.tables import as_numbers
+
         for column in self.input_names:
-            numbers = pd.to_numeric(frame[column], errors="coerce")
-            bad = frame[column][numbers.isna()]
+            numbers, _ = as_numbers(frame[column])
+            bad = frame[column][numbers.isna()]  # a gap or a word: no history to forecast from
             if len(bad):
                 raise DeepmineError(
                     f"column {column!r} of the series has {len(bad)} missing or non-numeric "

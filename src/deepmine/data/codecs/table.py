@@ -85,26 +85,32 @@ class TableCodec:
     def input_columns(self) -> list[str]:
         return [c["name"] for c in self.columns]
 
-    def encode(self, data, on_unseen: str = "zeros") -> torch.Tensor:
+    def encode(self, data, on_unseen: str = "zeros", drift=None) -> torch.Tensor:
         """The net's input rows for the raw rows of `data` (a DataFrame, or anything pandas
-        makes one of: a dict of columns, a list of records)."""
+        makes one of: a dict of columns, a list of records). `drift`
+        (`deepmine.data.drift.DriftCounter`) is given each raw feature as read here."""
         if on_unseen not in ON_UNSEEN:
             raise DeepmineError(
                 f"on_unseen={on_unseen!r} is not one of {', '.join(ON_UNSEEN)}",
                 "use on_unseen=zeros or on_unseen=refuse",
             )
         frame = as_frame(data)
-        self.check_columns(frame)
-        blocks, numeric = [], []
+        require_input_columns(frame, self.input_columns, "the input")
+        blocks, numeric, features = [], [], {}
         for column in self.columns:
             values = frame[column["name"]]
             if column["kind"] == "numeric":
-                blocks.append(self._numeric(column, values)[:, None])
+                raw = self._numbers(column["name"], values)
+                features[column["name"]] = raw
+                blocks.append(self._filled(column, raw)[:, None])
                 numeric.append(True)
             else:
+                features[column["name"]] = values
                 matrix = self._one_hot(column, values, on_unseen)
                 blocks.append(matrix)
                 numeric.extend([False] * matrix.shape[1])
+        if drift is not None:
+            drift.add(features)
         x = torch.from_numpy(np.concatenate(blocks, axis=1))
         mask = torch.as_tensor(numeric, dtype=torch.bool)
         stats = [c for c in self.columns if c["kind"] == "numeric"]
@@ -113,46 +119,30 @@ class TableCodec:
         x[:, mask] = (x[:, mask] - mean) / std  # the operations of training, in float32
         return x
 
-    def check_columns(self, frame: pd.DataFrame) -> None:
-        missing = [name for name in self.input_columns if name not in frame.columns]
-        if missing:
-            raise DeepmineError(
-                f"the input has no column(s) {', '.join(map(repr, missing))}, which the model "
-                f"was trained on (it reads {', '.join(map(repr, self.input_columns))})",
-                "add the column(s) to the input; other columns are ignored",
-            )
-
-    def drift_features(self, data) -> dict[str, object]:
-        """Each raw feature's values, as the drift references bin them."""
-        frame = as_frame(data)
-        out = {}
-        for column in self.columns:
-            values = frame[column["name"]]
-            if column["kind"] == "numeric":
-                out[column["name"]] = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-            else:
-                out[column["name"]] = values
-        return out
-
-    def _numeric(self, column: dict, values: pd.Series) -> np.ndarray:
-        name = column["name"]
+    @staticmethod
+    def _numbers(name: str, values: pd.Series) -> np.ndarray:
+        """A numeric column as float64, gaps as NaN; a value that is not a number stops."""
         if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-            numbers = pd.to_numeric(values, errors="coerce")
-            bad = values[values.notna() & numbers.isna()]
+            from deepmine.data.tables import as_numbers
+
+            values, bad = as_numbers(values)
             if len(bad):
                 raise DeepmineError(
                     f"column {name!r} has {len(bad)} non-numeric value(s), e.g. {bad.iloc[0]!r} "
                     f"(row {bad.index[0]}); the model was trained on numbers there",
                     f"fix the values of {name!r}",
                 )
-            values = numbers
-        values = values.to_numpy(np.float64, na_value=np.nan)
+        return values.to_numpy(np.float64, na_value=np.nan)
+
+    @staticmethod
+    def _filled(column: dict, values: np.ndarray) -> np.ndarray:
+        """The gaps filled with the training fill value (refused without one), as float32."""
         gaps = np.isnan(values)
         if gaps.any():
             if column["fill"] is None:
                 raise DeepmineError(
-                    f"column {name!r} has {int(gaps.sum())} missing value(s) (first in row "
-                    f"{int(np.flatnonzero(gaps)[0])}), and the model was trained without "
+                    f"column {column['name']!r} has {int(gaps.sum())} missing value(s) (first "
+                    f"in row {int(np.flatnonzero(gaps)[0])}), and the model was trained without "
                     "filling gaps",
                     "fill them in the input, or train with data.impute=mean or median",
                 )
@@ -182,6 +172,17 @@ class TableCodec:
         seen = codes >= 0
         matrix[np.flatnonzero(seen), codes[seen]] = 1.0
         return matrix
+
+
+def require_input_columns(frame: pd.DataFrame, names: list[str], what: str) -> None:
+    """Every column a model reads is in `frame` (`what` names it in the message)."""
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise DeepmineError(
+            f"{what} has no column(s) {', '.join(map(repr, missing))}, which the model was "
+            f"trained on (it reads {', '.join(map(repr, names))})",
+            "add the column(s) to the input; other columns are ignored",
+        )
 
 
 def as_frame(data) -> pd.DataFrame:
