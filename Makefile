@@ -14,9 +14,12 @@ setup:
 run: setup
 	$(BIN)/deepmine train $(ARGS)
 
+# two stages, both always run: the suite, then the tests on real clusters (SLURM, Ray, Optuna
+# on PostgreSQL: tests marked `cluster`), one module per worker so each starts its cluster once
 test:
 	./scripts/setup.sh --test-tools
-	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15 -m "not cluster"
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 -m cluster
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

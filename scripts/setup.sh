@@ -21,9 +21,12 @@ TORCH_VERSION=2.13.0
 #      with (Playwright uses it through executable_path: no browser is ever downloaded);
 #    - with --test-tools, postgresql: initdb/pg_ctl for the throwaway cluster of
 #      tests/test_postgres_server.py (a team server on PostgreSQL); the service the package
-#      may start is not used.
+#      may start is not used;
+#    - with --test-tools, slurmctld slurmd slurm-client munge: the real two-node SLURM cluster
+#      of tests/test_slurm.py (its daemons are started by the tests in their own network
+#      namespace; the services the packages may start are not used).
 PACKAGES="dataset-fashion-mnist"
-[ "$TEST_TOOLS" = true ] && PACKAGES="$PACKAGES chromium postgresql"
+[ "$TEST_TOOLS" = true ] && PACKAGES="$PACKAGES chromium postgresql slurmctld slurmd slurm-client munge"
 MISSING=""
 for package in $PACKAGES; do
   dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed' || MISSING="$MISSING $package"
@@ -51,9 +54,12 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==$TORCH_VERSION"
 fi
 
-# 4. deepmine itself (editable: conf/ and experiments/ live in the checkout) and its dev tools.
-echo "==> installing deepmine"
-"$PY" -m pip install -q -e ".[dev]"
+# 4. deepmine itself (editable: conf/ and experiments/ live in the checkout) and its dev tools;
+#    the tests also need the `ray` extra (launcher=ray), which training alone never pulls.
+EXTRAS="dev"
+[ "$TEST_TOOLS" = true ] && EXTRAS="dev,ray"
+echo "==> installing deepmine[$EXTRAS]"
+"$PY" -m pip install -q -e ".[$EXTRAS]"
 
 # Bytecode of deepmine's own source, written even where PYTHONDONTWRITEBYTECODE is set (as on
 # this project's machines): without it every command compiles deepmine again, about 0.7 s of
