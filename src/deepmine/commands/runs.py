@@ -35,7 +35,7 @@ def run(args: list[str]) -> int:
     store = doctor.open_store(ns.tracking_uri or default_tracking_uri())
     if ns.action != "doctor":
         for state in doctor.list_runs(store, ns.experiment, ns.stale_after):
-            shown = state.state if state.status == "RUNNING" else ""
+            shown = state.state if state.status in doctor.OPEN_STATUSES else ""
             line = f"{state.run_id}  {state.experiment}  {state.name}  {state.status}"
             print(f"{line}  {shown}  {state.why}".rstrip())
         return 0

@@ -28,7 +28,7 @@ from deepmine.run.checks import (
     verify_data,
 )
 from deepmine.run.errors import report_errors
-from deepmine.runtime import interrupts, timeline
+from deepmine.runtime import interrupts, slurm, timeline
 from deepmine.tracking.store import connect_store
 
 register_resolvers()
@@ -66,11 +66,21 @@ def _train(cfg: DictConfig) -> float | None:
     seed = check_seed(cfg)
     check_values(cfg)
     check_register(cfg)
+    if slurm.started_ranks() and slurm.global_rank() > 0:
+        # srun started every rank of this run as a task; rank 0's task owns the run
+        from deepmine.run.rank import train_rank
+        from deepmine.runtime.distributed import adopt_slurm_ranks
+
+        adopt_slurm_ranks()
+        train_rank(cfg)
+        return None
     job = current_job()
     data_tags = verify_data(cfg)
     timeline.mark("data_checked")
     store = connect_store(cfg)
     timeline.mark("store_ready")
+    if resumed is None and store is not None:
+        resumed = _parked_by_this_job(cfg, store)
     if cfg.get("print_config"):
         print_config(cfg)
 
@@ -97,6 +107,21 @@ def _train(cfg: DictConfig) -> float | None:
         return _recorded(cfg, parts, store, overrides, seed, data_tags, job, pruned_errors, resumed)
 
 
+def _parked_by_this_job(cfg: DictConfig, store):
+    """A requeued SLURM job's earlier attempt parked its run: continue that one, in its own
+    output folder (a single run's next attempt would otherwise get a new timestamped one)."""
+    from omegaconf import open_dict
+
+    from deepmine.run.preemption import parked_run
+
+    parked = parked_run(store, cfg.experiment_name)
+    if parked is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(parked.output_dir)
+        print(f"resuming      run {parked.run_id} (SLURM attempt {slurm.attempt()})", flush=True)
+    return parked
+
+
 def _recorded(
     cfg, parts, store, overrides, seed, data_tags, job, pruned_errors, resumed=None
 ) -> float | None:
@@ -107,6 +132,7 @@ def _recorded(
     from deepmine.run.console import print_summary
     from deepmine.run.fit import RunFailed, failure_fix, fit_and_test
     from deepmine.run.names import run_name
+    from deepmine.runtime.placement import placement_tags
     from deepmine.tracking.run import recorded_run
 
     output_dir = Path(cfg.paths.output_dir)
@@ -116,9 +142,10 @@ def _recorded(
     pip_freeze = start_pip_freeze(Path(cfg.paths.cache_dir), git)
     if resumed:  # the run keeps the tags of its start; the resume adds its own
         tags = {
-            "deepmine.resumed.checkpoint": str(resumed.checkpoint),
+            "deepmine.resumed.checkpoint": str(resumed.checkpoint or "none: from the start"),
             "deepmine.resumed.argv": " ".join(mask_overrides(sys.argv, secrets)),
             "deepmine.resumed.git.commit": git.commit or "unknown",
+            **placement_tags(),  # a requeued SLURM job counts its attempts
         }
     else:
         tags = records.start_tags(cfg, overrides, seed, data_tags, git, secrets)
@@ -132,9 +159,11 @@ def _recorded(
         name = run_name(HydraConfig.get(), overrides, secrets)
     run = None
     pruned = None
+    # inside a SLURM job, the preemption signal parks the run for the job's next attempt
+    preemption = slurm.preemption_signal() if slurm.job_id() else None
     try:
         with (
-            interrupts.installed(),
+            interrupts.installed(preemption),
             recorded_run(
                 store,
                 cfg.experiment_name,
@@ -164,6 +193,10 @@ def _recorded(
                 records.record_pruned(run, parts, exc, output_dir)
             else:
                 records.record_end(run, cfg, parts, result, output_dir, pip_freeze)
+    except interrupts.Preempted:
+        from deepmine.run.preemption import requeue
+
+        raise requeue(store, run.run_id if run else None) from None
     except DeepmineError:
         raise
     except Exception as exc:

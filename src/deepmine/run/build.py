@@ -9,6 +9,7 @@ filled values go into the config, so the run records the shapes it was built wit
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, open_dict
@@ -82,5 +83,26 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
         if getattr(task, "steps_per_call", 1) > 1
         else {}
     )
-    trainer = checked_instantiate(cfg.trainer, callbacks=callbacks, logger=False, **handed_over)
+    with warnings.catch_warnings():
+        # Lightning's hint to "prepend srun" wherever srun is installed: deepmine reaches SLURM
+        # through launcher=slurm, which does use srun, so the hint only misleads
+        warnings.filterwarnings("ignore", message="The `srun` command is available")
+        trainer = checked_instantiate(
+            cfg.trainer, callbacks=callbacks, logger=False, **handed_over, **_cluster_plugins()
+        )
     return Parts(datamodule, task, trainer)
+
+
+def _cluster_plugins() -> dict:
+    """Inside a SLURM job, Lightning's SLURM environment without its auto-requeue: deepmine
+    handles the preemption signal itself, parking the MLflow run and resuming it from the
+    epoch's checkpoint (`deepmine.run.preemption`). Lightning's own requeue would save a
+    mid-epoch `hpc_ckpt` and load it silently on restart, from which no resumed run ends
+    equal to an uninterrupted one."""
+    from deepmine.runtime import slurm
+
+    if slurm.job_id() is None:
+        return {}
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}

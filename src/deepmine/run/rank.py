@@ -1,5 +1,6 @@
-"""A DDP rank > 0 that deepmine starts itself (`deepmine.runtime.distributed.ranks`): it builds the
-same parts from rank 0's resolved config and fits and tests beside it. An internal entry point,
+"""A DDP rank > 0, started by deepmine itself (`deepmine.runtime.distributed.ranks`) or by srun as
+a task of a SLURM job (`train_rank`): it builds the same parts from the same config and fits and
+tests beside rank 0. An internal entry point,
 run as `python -m deepmine.run.rank <resolved config> <parent pid>`, not a command.
 """
 
@@ -11,13 +12,19 @@ from omegaconf import OmegaConf
 
 
 def run_rank(config_path: str) -> None:
-    """Rank > 0: same seed, same parts, same fit and test as rank 0; no logger, no records."""
+    """Rank > 0 that deepmine started: the resolved config rank 0 wrote."""
     from deepmine.config import register_resolvers
+
+    register_resolvers()
+    train_rank(OmegaConf.load(config_path))
+
+
+def train_rank(cfg) -> None:
+    """Rank > 0 (deepmine's or a cluster's): same seed, same parts, same fit and test as rank
+    0; no logger, no records."""
     from deepmine.run.build import build
     from deepmine.runtime.seeding import seed_everything
 
-    register_resolvers()
-    cfg = OmegaConf.load(config_path)
     seed_everything(int(cfg.seed), deterministic=bool(cfg.trainer.get("deterministic")))
     parts = build(cfg)
     from lightning.pytorch.loggers.logger import DummyLogger

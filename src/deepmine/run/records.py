@@ -27,6 +27,7 @@ def start_tags(
     from deepmine.provenance.lineage import source_tags
     from deepmine.provenance.secrets import MASK, is_secret_key, mask_overrides, mask_values
     from deepmine.run.names import summary_line
+    from deepmine.runtime.placement import placement_tags
 
     values = secrets
     shown = mask_overrides(overrides, values)
@@ -48,6 +49,8 @@ def start_tags(
         "deepmine.root_dir": str(cfg.paths.root_dir),
         "deepmine.summary": summary_line(cfg, seed),
         **data_tags,
+        # the SLURM job and node, the Ray node: where an engine placed this run
+        **placement_tags(),
         **user_tags,
     }
     # a secret may also sit inside another value (a URL, a path): no tag carries one

@@ -11,7 +11,8 @@ other rank is `python -m deepmine.run.rank <resolved config>` with `LOCAL_RANK`,
 `MASTER_ADDR` and `MASTER_PORT` set. Lightning sees the ranks were created externally and
 launches nothing. Ranks > 0 build the same parts from the same resolved config, train and test
 in lockstep and record nothing: rank 0 owns the MLflow run. Where a cluster already started
-the ranks (`LOCAL_RANK` set, e.g. by srun), deepmine starts none.
+the ranks (`LOCAL_RANK` set by torchrun; the tasks of a SLURM step, started by srun), deepmine
+starts none: Lightning reads the ranks from the cluster's environment.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from deepmine.errors import DeepmineError
+from deepmine.runtime import slurm
 
 RANK_ENV = ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -91,11 +93,21 @@ def local_world_size(cfg: DictConfig) -> int:
     return devices if isinstance(devices, int) else len(devices)
 
 
+def adopt_slurm_ranks() -> None:
+    """Every rank srun started (rank 0 here, the others in `deepmine.run.rank.train_rank`)
+    meets rank 0 at its node's SLURM address, unless the site set MASTER_ADDR itself."""
+    os.environ.setdefault("MASTER_ADDR", slurm.main_node_address())
+
+
 @contextlib.contextmanager
 def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
     """Start ranks 1..N-1 for a DDP run and make this process rank 0; yields the world size
     (1 when there is nothing to start). Ranks are stopped if this one fails."""
     world = local_world_size(cfg)
+    if is_ddp(cfg) and slurm.started_ranks():
+        adopt_slurm_ranks()
+        yield world
+        return
     if not is_ddp(cfg) or world <= 1 or "LOCAL_RANK" in os.environ:
         yield world
         return

@@ -7,6 +7,9 @@ that arrives meanwhile is remembered and raised as soon as the write has finishe
 
 Stopping a command also stops the processes it started (see `die_with_parent` and
 `StopChildren`): none of them outlives it.
+
+A SLURM job's preemption signal (`installed(preemption=...)`) is deferred the same way and
+raised as `Preempted`, so the run is parked for its next attempt rather than closed KILLED.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from hydra.experimental.callback import Callback
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _depth = 0
 _pending: int | None = None
+#: the signal that means "preempted" in this block of `installed`, if any
+_preemption: int | None = None
 #: set by `StopChildren`: a block of `installed()` that ends by an exception stops this process's
 #: children (and their trees) before the exception goes on
 _stop_children = False
@@ -30,12 +35,27 @@ _stop_children = False
 CHILDREN_GRACE_S = 30.0
 
 
+class Preempted(BaseException):
+    """The cluster asked this job to make room (or it nears its time limit): save what counts
+    and give the node back; the job runs again. A BaseException, as KeyboardInterrupt, so that
+    no `except Exception` on the way turns it into a failure, and not a KeyboardInterrupt, which
+    Lightning turns into exit(1) and the run into KILLED."""
+
+
+def _interruption(signum: int) -> BaseException:
+    if signum == _preemption:
+        return Preempted(f"signal {signal.Signals(signum).name}: preempted")
+    return KeyboardInterrupt(f"signal {signum}")
+
+
 def _handler(signum, frame) -> None:
     global _pending
     if _depth:
-        _pending = signum
+        # a stop request outranks a preemption that is still pending
+        if _pending is None or _pending == _preemption:
+            _pending = signum
         return
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise _interruption(signum)
 
 
 @contextlib.contextmanager
@@ -49,16 +69,20 @@ def critical() -> Iterator[None]:
         _depth -= 1
         if _depth == 0 and _pending is not None:
             signum, _pending = _pending, None
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise _interruption(signum)
 
 
 @contextlib.contextmanager
-def installed() -> Iterator[None]:
-    """Route SIGINT/SIGTERM through the deferring handler for the duration of the block."""
+def installed(preemption: int | None = None) -> Iterator[None]:
+    """Route SIGINT/SIGTERM (and the `preemption` signal, raised as `Preempted`) through the
+    deferring handler for the duration of the block."""
+    global _preemption
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    signals = (*SIGNALS, preemption) if preemption is not None else SIGNALS
+    previous = {s: signal.signal(s, _handler) for s in signals}
+    outer, _preemption = _preemption, preemption if preemption is not None else _preemption
     try:
         yield
     except BaseException:
@@ -67,6 +91,7 @@ def installed() -> Iterator[None]:
                 stop_children()
         raise
     finally:
+        _preemption = outer
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -9,7 +9,12 @@ stays RUNNING in MLflow forever. Every run deepmine opens carries a heartbeat
 - on another host, whose processes cannot be seen from here, it is `stale` when its heartbeat
   is older than `stale_after_s`;
 - a RUNNING run without a heartbeat (recorded before heartbeats, or by another tool) is
-  `unknown` and never touched.
+  `unknown` and never touched;
+- a run of a SLURM job (tag `deepmine.slurm.job_id`) is asked about in the queue first, which
+  knows jobs on every node: it is `dead` when its job has left the queue or ended, whatever its
+  heartbeat says. That also covers a run parked SCHEDULED by a preempted job whose next
+  attempt never came (the job was cancelled while pending). Where `squeue` cannot answer (not
+  installed, no SLURM_CONF), the heartbeat decides as for any run.
 
 `fix` closes orphans as KILLED with `deepmine.status_reason` saying why, and touches nothing
 else: metrics, artifacts and the checkpoints beside them stay, so `deepmine train
@@ -25,9 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from deepmine.errors import DeepmineError
+from deepmine.runtime import slurm
+from deepmine.runtime.placement import SLURM_JOB_TAG
 from deepmine.tracking.run import HEARTBEAT_AT, HEARTBEAT_HOST, HEARTBEAT_PID
 from deepmine.tracking.store import Store, connect
 
+#: statuses of runs that still expect a process: RUNNING, and SCHEDULED (a preempted SLURM job's
+#: run, parked for the job's next attempt)
+OPEN_STATUSES = ("RUNNING", "SCHEDULED")
 #: A heartbeat is refreshed every 30 s; ten missed beats make a run on another host stale.
 STALE_AFTER_S = 300.0
 ALIVE, DEAD, STALE, UNKNOWN = "alive", "dead", "stale", "unknown"
@@ -49,7 +59,7 @@ class RunState:
 
     @property
     def orphan(self) -> bool:
-        return self.status == "RUNNING" and self.state in ORPHANS
+        return self.status in OPEN_STATUSES and self.state in ORPHANS
 
 
 def open_store(tracking_uri: str) -> Store:
@@ -86,6 +96,13 @@ def run_state(
         pid=_int(tags.get(HEARTBEAT_PID)),
         heartbeat_at=_time(tags.get(HEARTBEAT_AT)),
     )
+    if info.status not in OPEN_STATUSES:
+        return found
+    job = tags.get(SLURM_JOB_TAG)
+    queued = _slurm_state(job) if job else None
+    if queued is not None:
+        found.state, found.why = queued
+        return found
     if info.status != "RUNNING":
         return found
     now = now or datetime.now(UTC)
@@ -110,6 +127,19 @@ def run_state(
     return found
 
 
+def _slurm_state(job: str) -> tuple[str, str] | None:
+    """(alive|dead, why) from SLURM's queue for `job`; None when the queue cannot be asked."""
+    try:
+        state = slurm.job_state(job)
+    except DeepmineError:
+        return None
+    if state is None:
+        return DEAD, f"SLURM job {job} is no longer in the queue"
+    if state in slurm.LIVE_STATES:
+        return ALIVE, f"SLURM job {job} is {state}"
+    return DEAD, f"SLURM job {job} ended {state}"
+
+
 def list_runs(
     store: Store,
     experiment: str | None = None,
@@ -131,26 +161,29 @@ def list_runs(
     if not names:
         return []
     states = []
-    token = None
-    while True:
-        page = store.client.search_runs(
-            list(names),
-            filter_string="attributes.status = 'RUNNING'" if only_running else "",
-            order_by=["attributes.start_time DESC"],
-            max_results=1000,
-            page_token=token,
-        )
-        for run in page:
-            states.append(run_state(run, names[run.info.experiment_id], stale_after_s))
-        token = page.token
-        if not token:
-            return states
+    for status in OPEN_STATUSES if only_running else (None,):
+        token = None
+        while True:
+            page = store.client.search_runs(
+                list(names),
+                filter_string=f"attributes.status = '{status}'" if status else "",
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+                page_token=token,
+            )
+            for run in page:
+                states.append(run_state(run, names[run.info.experiment_id], stale_after_s))
+            token = page.token
+            if not token:
+                break
+    return states
 
 
 def find_orphans(
     store: Store, experiment: str | None = None, stale_after_s: float = STALE_AFTER_S
 ) -> list[RunState]:
-    """RUNNING runs whose process is gone (dead) or has not beaten for too long (stale)."""
+    """RUNNING runs whose process is gone (dead) or has not beaten for too long (stale), and
+    SCHEDULED runs of SLURM jobs that left the queue."""
     running = list_runs(store, experiment, stale_after_s, only_running=True)
     return [state for state in running if state.orphan]
 

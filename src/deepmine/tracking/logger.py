@@ -17,7 +17,7 @@ no metric is lost.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
@@ -38,6 +38,8 @@ class MlflowRunLogger(Logger):
         self._experiment_name = experiment_name
         self.flush_every_s = flush_every_s
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        #: points a resumed run had already stored, (key, step, value) -> count
+        self.stored: Counter = Counter()
         self._pending: list = []
         self._in_flight: list = []  # MLflow RunOperations futures not yet waited for
         self._last_send = time.monotonic()
@@ -66,6 +68,11 @@ class MlflowRunLogger(Logger):
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
+            if self.stored and self.stored[(key, step, value)] > 0:
+                # a resumed run replaying steps it had logged before its interruption: the
+                # same point again is not a new one (a different value still is logged)
+                self.stored[(key, step, value)] -= 1
+                continue
             self.history[key].append((step, value))
             self._pending.append(Metric(key=key, value=value, timestamp=now, step=step))
         if (

@@ -178,6 +178,7 @@ class RecordedRun:
             for key in self.client.get_run(self.run_id).data.metrics:
                 points = self.client.get_metric_history(self.run_id, key)
                 logger.history[key] = [(p.step, p.value) for p in points]
+                logger.stored.update((key, p.step, p.value) for p in points)
         return logger
 
     def flush(self) -> None:
@@ -202,7 +203,7 @@ def recorded_run(
     set back to RUNNING, its tags updated, and closed the same way. `secret_values` (see
     `deepmine.provenance.secrets.secret_values`) are masked in the error and traceback of a failure.
     """
-    from deepmine.runtime.interrupts import critical
+    from deepmine.runtime.interrupts import Preempted, critical
 
     experiment_id = store.experiment_id(experiment_name)
     run = heartbeat = None
@@ -227,6 +228,9 @@ def recorded_run(
         if run is None:
             raise
         heartbeat.stop()
+        if isinstance(exc, Preempted):
+            _park(run)
+            raise
         killed = isinstance(exc, KeyboardInterrupt) or isinstance(
             exc.__context__, KeyboardInterrupt
         )
@@ -248,6 +252,17 @@ def recorded_run(
         store.client.set_terminated(run.run_id, "FAILED")
         raise
     store.client.set_terminated(run.run_id, run.end_status)
+
+
+def _park(run: RecordedRun) -> None:
+    """A preempted run waits for its job's next attempt: its metrics so far are flushed and it
+    is SCHEDULED (MLflow's status for a run that has yet to run), not closed, so neither the
+    UI nor `runs doctor` takes it for a finished or a dead one. The attempt that continues it
+    sets it RUNNING again; if none comes, `runs doctor` closes it KILLED."""
+    with contextlib.suppress(Exception):
+        run.flush()
+    run.set_tags({"deepmine.status_reason": "PREEMPTED: waiting for the job's next attempt"})
+    run.store.client.update_run(run.run_id, status="SCHEDULED")
 
 
 def _reopen(store: Store, run_id: str, experiment_id: str, tags: dict[str, str]) -> str:
