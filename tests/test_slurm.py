@@ -162,6 +162,28 @@ def test_a_sweep_is_one_job_array_with_a_child_run_per_job(cluster, sweep):
     cluster.wait_empty()
 
 
+def test_an_optuna_search_submits_each_batch_of_trials_as_slurm_jobs(cluster, tmp_path):
+    """Two trials at a time, each a SLURM job reporting to the study (an SQLite file the nodes
+    share) through the pruning callback; the sweeper tells the study what each job returned."""
+    box = Sandbox(tmp_path)
+    proc = deepmine(
+        cluster, box, "train", "-m",
+        *box.overrides(
+            *SLURM, "hparams_search=fashion_mnist_optuna", "data=digits", "debug=fast",
+            "trainer.max_epochs=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+        ),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + cluster.logs()
+    (parent,), children = split(box.runs("fashion_mnist_optuna"))
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    trials = sorted(int(c.data.tags["deepmine.optuna.trial"]) for c in children)
+    assert trials == [0, 1, 2, 3]
+    jobs = {c.data.tags["deepmine.slurm.job_id"].split("_")[0] for c in children}
+    assert len(jobs) == 2  # one job array per batch of n_jobs trials
+    assert all("val/acc_best" in c.data.metrics for c in children)
+    cluster.wait_empty()
+
+
 def test_ddp_across_two_nodes_is_one_run_equal_to_one_process(cluster, tmp_path):
     """2 nodes x 1 task, batch 8 per rank, against one process with batch 16.
 
