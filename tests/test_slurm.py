@@ -225,6 +225,23 @@ def test_ddp_across_two_nodes_is_one_run_equal_to_one_process(cluster, tmp_path)
     cluster.wait_empty()
 
 
+def test_ddp_ranks_started_by_deepmine_in_a_one_task_job(cluster, tmp_path):
+    """`trainer=ddp` (2 processes) in a job of one task: deepmine starts rank 1 itself, and the
+    ranks must not take their ranks from SLURM (SLURM_PROCID is 0 in both)."""
+    box = Sandbox(tmp_path)
+    proc = deepmine(
+        cluster, box, "train", "-m",
+        *box.overrides(*SLURM, "hydra.launcher.cpus_per_task=2", "trainer=ddp", "data=digits",
+                       "debug=fast", "seed=0"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + cluster.logs()
+    _, (run,) = split(box.runs())
+    assert run.info.status == "FINISHED" and run.data.params["trainer.devices"] == "2"
+    (rank1_log,) = box.logs.glob("train/multiruns/*/*/0/ddp/rank1.log")
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1_log.read_text()
+    cluster.wait_empty()
+
+
 def test_a_preempted_job_continues_its_run_in_the_next_attempt(cluster, sweep, tmp_path):
     reference_box, _ = sweep
     (reference,) = [c for c in split(reference_box.runs())[1] if c.data.params["seed"] == "0"]

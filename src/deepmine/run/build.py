@@ -9,6 +9,7 @@ filled values go into the config, so the run records the shapes it was built wit
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -94,15 +95,26 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
 
 
 def _cluster_plugins() -> dict:
-    """Inside a SLURM job, Lightning's SLURM environment without its auto-requeue: deepmine
-    handles the preemption signal itself, parking the MLflow run and resuming it from the
-    epoch's checkpoint (`deepmine.run.preemption`). Lightning's own requeue would save a
-    mid-epoch `hpc_ckpt` and load it silently on restart, from which no resumed run ends
-    equal to an uninterrupted one."""
+    """Inside a SLURM job, where the ranks come from, told to Lightning.
+
+    - srun started them (or there is one): Lightning's SLURM environment, without its
+      auto-requeue. deepmine handles the preemption signal itself, parking the MLflow run and
+      resuming it from the epoch's checkpoint (`deepmine.run.preemption`); Lightning's own
+      requeue would save a mid-epoch `hpc_ckpt` and load it silently on restart, from which no
+      resumed run ends equal to an uninterrupted one.
+    - deepmine started them in a one-task job (`trainer=ddp` without tasks_per_node): the
+      environment deepmine set (LOCAL_RANK, WORLD_SIZE, ...), as outside SLURM. Lightning would
+      otherwise read every rank's SLURM_PROCID, which is 0 in all of them.
+    """
     from deepmine.runtime import slurm
 
     if slurm.job_id() is None:
         return {}
-    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 
+    if "LOCAL_RANK" in os.environ and not slurm.started_ranks():
+        # torchrun inside SLURM: Lightning finds it first of all (TorchElasticEnvironment)
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            return {}
+        return {"plugins": [LightningEnvironment()]}
     return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
