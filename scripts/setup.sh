@@ -22,22 +22,33 @@ TORCH_VERSION=2.13.0
 #    - with --test-tools, postgresql: initdb/pg_ctl for the throwaway cluster of
 #      tests/test_postgres_server.py (a team server on PostgreSQL); the service the package
 #      may start is not used;
-#    - with --test-tools, slurmctld slurmd slurm-client munge: the real two-node SLURM cluster
-#      of tests/test_slurm.py (its daemons are started by the tests in their own network
-#      namespace; the services the packages may start are not used).
+#    - with --test-tools, slurmctld slurmd slurm-client slurmdbd munge mariadb-server: the real
+#      two-node SLURM cluster, with accounting, of tests/test_slurm.py (its daemons are started
+#      by the tests in their own network namespace; the services the packages may start are
+#      not used); installed without recommends (nothing of them is needed).
 PACKAGES="dataset-fashion-mnist"
-[ "$TEST_TOOLS" = true ] && PACKAGES="$PACKAGES chromium postgresql slurmctld slurmd slurm-client munge"
-MISSING=""
-for package in $PACKAGES; do
-  dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed' || MISSING="$MISSING $package"
-done
-if [ -n "$MISSING" ]; then
+[ "$TEST_TOOLS" = true ] && PACKAGES="$PACKAGES chromium postgresql"
+LEAN_PACKAGES=""
+[ "$TEST_TOOLS" = true ] && LEAN_PACKAGES="slurmctld slurmd slurm-client slurmdbd munge mariadb-server"
+missing() {
+  for package in "$@"; do
+    dpkg -s "$package" 2>/dev/null | grep -q '^Status: install ok installed' || printf ' %s' "$package"
+  done
+}
+# shellcheck disable=SC2086  # one word per package
+MISSING=$(missing $PACKAGES)
+# shellcheck disable=SC2086
+MISSING_LEAN=$(missing $LEAN_PACKAGES)
+if [ -n "$MISSING$MISSING_LEAN" ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "==> installing$MISSING (apt)"
+  echo "==> installing$MISSING$MISSING_LEAN (apt)"
   $SUDO apt-get update -qq
   # shellcheck disable=SC2086  # one word per package
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
+  [ -z "$MISSING" ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
+  # shellcheck disable=SC2086
+  [ -z "$MISSING_LEAN" ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+    --no-install-recommends $MISSING_LEAN >/dev/null
 fi
 
 # 2. Virtual environment.

@@ -2,19 +2,16 @@
 
 Debian's SLURM 22.05 runs without systemd or cgroups (`proctrack/linuxproc`, `task/none`) and
 lets several slurmd share a host, so the cluster is one slurmctld and two slurmd (`n1`, `n2`,
-both at NodeAddr 127.0.0.1, each on its own port) with munged on its own socket, every file in
-one temporary folder.
+both at NodeAddr 127.0.0.1, each on its own port) with munged on its own socket, and accounting
+as a real site has it: slurmdbd on a throwaway MariaDB (`mariadb-install-db`, about 3 s), so
+`sacct` answers, which is how submitit learns the state of a job that ended without writing its
+result (killed, node lost). Every file lives in one temporary folder.
 
 SLURM's daemons bind the wildcard address (22.05 has no option to bind one address) and srun
 opens listeners of its own, so the whole cluster lives in a network namespace of its own whose
 only interface is loopback: every daemon, job and client command (`sbatch`, `squeue`, the
 `deepmine train -m` that submits) runs inside it (`nsenter --net`), and nothing in it can reach
 or be reached from any other address. `loopback_only()` checks that from the namespace itself.
-
-Accounting is off (no slurmdbd): submitit learns that a job ended from the result file the job
-writes, which every job that ends by itself does; `sacct` is asked only about jobs that died
-without one, and there it fails and submitit waits. `deepmine runs doctor` asks `squeue`, which
-needs no accounting. The gap, and the choice, are in README "Outgrowing one machine".
 
 Stopping: jobs first (scancel, then wait for an empty queue: slurmd leaves running jobs behind
 when it stops), then each daemon by pid, then the namespace's holder; `leftovers()` lists any
@@ -25,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -37,14 +35,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-INSTALL = "`apt-get install slurmctld slurmd slurm-client munge` (or `make test`, which does)"
-DAEMONS = ("munged", "slurmctld", "slurmd", "mungekey", "nsenter", "unshare")
+INSTALL = (
+    "`apt-get install --no-install-recommends slurmctld slurmd slurm-client slurmdbd munge "
+    "mariadb-server` (or `make test`, which does)"
+)
+DAEMONS = ("munged", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "mariadb-install-db",
+           "mungekey", "nsenter", "unshare")  # fmt: skip
 NODES = ("n1", "n2")
 
 
 def _require_binaries() -> None:
     missing = [name for name in DAEMONS if shutil.which(name) is None]
-    missing += [name for name in ("sbatch", "squeue", "scontrol", "scancel", "ss", "ip")
+    missing += [name for name in ("sbatch", "squeue", "scontrol", "scancel", "sacct",
+                                  "sacctmgr", "ss", "ip")
                 if shutil.which(name) is None]  # fmt: skip
     if missing:
         pytest.fail(f"SLURM test cluster: {', '.join(missing)} not installed: {INSTALL}",
@@ -98,7 +101,11 @@ SlurmdPidFile={folder}/slurmd-%n.pid
 SlurmctldLogFile={folder}/slurmctld.log
 SlurmdLogFile={folder}/slurmd-%n.log
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd_port}
+# the munge socket for slurmdbd connections (its default is the system's)
+AccountingStoragePass={folder}/munge/munge.socket.2
 JobCompType=jobcomp/none
 MessageTimeout=10
 KillWait=5
@@ -106,6 +113,24 @@ InactiveLimit=0
 MinJobAge=600
 NodeName=n[1-2] NodeHostname={host} NodeAddr=127.0.0.1 Port=[{node_ports}] {node_size}
 PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+DBD_CONF = """\
+AuthType=auth/munge
+AuthInfo=socket={folder}/munge/munge.socket.2
+DbdHost={host}
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser=slurm
+StoragePass={db_password}
+StorageLoc=slurm_acct_db
+PidFile={folder}/slurmdbd.pid
+LogFile={folder}/slurmdbd.log
 """
 
 
@@ -223,13 +248,16 @@ def start_cluster() -> SlurmCluster:
             check=True,
             timeout=30,
         )
-        ctl_port = _free_ports(1)[0]
+        ctl_port, dbd_port, db_port = _free_ports(3)
         node_port = _free_ports(2, consecutive=True)[0]
+        db_password = secrets.token_hex(8)
+        host = socket.gethostname()
         cluster.conf.write_text(
             CONF.format(
-                host=socket.gethostname(),
+                host=host,
                 folder=folder,
                 ctl_port=ctl_port,
+                dbd_port=dbd_port,
                 node_ports=f"{node_port}-{node_port + 1}",
                 node_size="CPUs=2 RealMemory=4000 State=UNKNOWN",
             )
@@ -245,6 +273,7 @@ def start_cluster() -> SlurmCluster:
             assert cluster.daemons["munged"].poll() is None, cluster.logs()
             assert time.monotonic() < deadline, "munged made no socket\n" + cluster.logs()
             time.sleep(0.05)
+        _start_accounting(cluster, host, dbd_port, db_port, db_password)
         _start(cluster, "slurmctld", ["slurmctld", "-D", "-f", str(cluster.conf)])
         for node in NODES:
             _start(cluster, node, ["slurmd", "-D", "-f", str(cluster.conf), "-N", node])
@@ -259,6 +288,54 @@ def start_cluster() -> SlurmCluster:
     except BaseException:
         stop_cluster(cluster)
         raise
+
+
+def _start_accounting(
+    cluster: SlurmCluster, host: str, dbd_port: int, db_port: int, db_password: str
+) -> None:
+    """MariaDB on loopback with a `slurm` user, slurmdbd on it, and the cluster registered."""
+    folder = cluster.folder
+    install = subprocess.run(
+        ["mariadb-install-db", "--no-defaults", f"--datadir={folder / 'db'}", "--user=root",
+         "--auth-root-authentication-method=normal", "--skip-test-db"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    init = folder / "init.sql"
+    init.write_text(
+        f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{db_password}';\n"
+        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n"
+    )
+    _start(cluster, "mariadbd", [
+        "mariadbd", "--no-defaults", f"--datadir={folder / 'db'}", "--user=root",
+        "--bind-address=127.0.0.1", f"--port={db_port}", f"--socket={folder / 'mysqld.sock'}",
+        f"--pid-file={folder / 'mysqld.pid'}", f"--init-file={init}", "--skip-log-bin",
+        "--innodb-buffer-pool-size=32M", f"--log-error={folder / 'mariadb.log'}",
+    ])  # fmt: skip
+    _wait_listening(cluster, "mariadbd", db_port)
+    dbd_conf = folder / "slurmdbd.conf"  # read from SLURM_CONF's folder; slurmdbd wants 0600
+    dbd_conf.write_text(
+        DBD_CONF.format(
+            folder=folder, host=host, dbd_port=dbd_port, db_port=db_port, db_password=db_password
+        )
+    )
+    dbd_conf.chmod(0o600)
+    _start(cluster, "slurmdbd", ["slurmdbd", "-D"])
+    _wait_listening(cluster, "slurmdbd", dbd_port)
+    cluster.client("sacctmgr", "--immediate", "add", "cluster", "deepmine")
+
+
+def _wait_listening(cluster: SlurmCluster, name: str, port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+
+    def listening() -> bool:
+        lines = cluster.client("ss", "-ltnH").splitlines()
+        return any(line.split()[3].endswith(f":{port}") for line in lines if line.strip())
+
+    while not listening():
+        assert cluster.daemons[name].poll() is None, f"{name} exited\n{cluster.logs()}"
+        assert time.monotonic() < deadline, f"{name} not listening\n{cluster.logs()}"
+        time.sleep(0.05)
 
 
 def _start(cluster: SlurmCluster, name: str, command: list[str]) -> None:
@@ -280,8 +357,8 @@ def stop_cluster(cluster: SlurmCluster) -> list[str]:
         with contextlib.suppress(Exception):
             cluster.client("scancel", "--user", str(os.getuid()), check=False)
             cluster.wait_empty(timeout_s=60)
-    # nodes first, then the controller, then munge (nsenter execs the daemon: the pid is its)
-    order = [*[n for n in NODES if n in cluster.daemons], "slurmctld", "munged"]
+    # nodes, controller, accounting, then munge (nsenter execs the daemon: the pid is its)
+    order = [*NODES, "slurmctld", "slurmdbd", "mariadbd", "munged"]
     for name in order:
         daemon = cluster.daemons.get(name)
         if daemon is None or daemon.poll() is not None:

@@ -281,9 +281,45 @@ def test_a_preempted_job_continues_its_run_in_the_next_attempt(cluster, sweep, t
     cluster.wait_empty()
 
 
+def test_a_sweep_job_killed_outright_fails_alone(cluster, tmp_path):
+    """SIGKILL (the OOM killer, a lost node): the job writes no result and closes nothing.
+    Accounting tells submitit the job FAILED; the sweep records that job as failed, closes its
+    run KILLED and goes on (here: its other job finishes) instead of waiting forever or dying
+    with a traceback."""
+    box = Sandbox(tmp_path)
+    long_job = (*SLURM, *base("trainer.max_epochs=200"), "callbacks.early_stopping=null")
+    sweeper = start(
+        cluster, box, "train", "-m", *box.overrides(*long_job, "trainer.max_epochs=200,1")
+    )
+    try:
+        (run,) = wait_for(
+            lambda: [r for r in box.runs() if r.data.params.get("trainer.max_epochs") == "200"
+                     and "val/acc" in r.data.metrics],
+            240, "the long job's run",
+        )  # fmt: skip
+        job = run.data.tags["deepmine.slurm.job_id"]
+        os.kill(int(run.data.tags["deepmine.heartbeat.pid"]), signal.SIGKILL)
+        _, err = sweeper.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            sweeper.kill()
+    assert sweeper.returncode == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 jobs failed; job 0: RuntimeError: SLURM job") and (
+        f"{job} ended FAILED without a result" in last
+    ), last
+    parents, children = split(box.runs())
+    assert parents[0].info.status == "FAILED"
+    statuses = {c.data.params["trainer.max_epochs"]: c.info.status for c in children}
+    assert statuses == {"200": "KILLED", "1": "FINISHED"}
+    killed = box.client().get_run(run.info.run_id).data.tags["deepmine.status_reason"]
+    assert f"SLURM job {job} ended FAILED" in killed
+    cluster.wait_empty()
+
+
 def test_doctor_closes_a_run_whose_job_died(cluster, tmp_path):
-    """A job killed outright (SIGKILL: no chance to close its run) leaves the run RUNNING;
-    `runs doctor` asks the queue, which knows the job ended, and closes it KILLED."""
+    """A run submitted by hand (`sbatch --wrap`), its job killed outright: the run stays
+    RUNNING; `runs doctor` asks the queue, which knows the job ended, and closes it KILLED."""
     box = Sandbox(tmp_path)
     command = " ".join(
         [sys.executable, "-m", "deepmine", "train",
@@ -309,7 +345,7 @@ def test_doctor_closes_a_run_whose_job_died(cluster, tmp_path):
     assert fixed.returncode == 0, fixed.stderr
     after = box.client().get_run(run.info.run_id)
     assert after.info.status == "KILLED"
-    assert f"SLURM job {job} ended" in after.data.tags["deepmine.status_reason"]
+    assert f"SLURM job {job} ended FAILED" in after.data.tags["deepmine.status_reason"]
     assert not [p for p in cluster.namespace_members() if p.cmdline()[1:3] == ["-m", "deepmine"]]
 
 

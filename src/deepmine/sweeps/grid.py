@@ -79,5 +79,11 @@ def job_rows(record: SweepRecord, jobs) -> list[JobRow]:
         run_id = child.run_id if child else record.record_job_failure(num, params, outcome)
         error = (child.error if child else "") or error_line(outcome)
         status = child.status if child and child.status != "FINISHED" else "FAILED"
+        if child and child.status == "RUNNING":
+            # the job is over (its launcher says so) but never closed its run: it died outright
+            from deepmine.tracking.sweep import close_abandoned
+
+            close_abandoned(record.store, child.run_id, f"KILLED: {record.mask(error)}")
+            status = "KILLED"
         rows.append(JobRow(num, status, None, params, run_id, error))
     return rows

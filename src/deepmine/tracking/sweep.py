@@ -86,3 +86,10 @@ def set_tags(store: Store, run_id: str, tags: dict[str, str]) -> None:
     from deepmine.tracking.run import RecordedRun
 
     RecordedRun(store, run_id, "", "").set_tags(tags)
+
+
+def close_abandoned(store: Store, run_id: str, reason: str) -> None:
+    """Close KILLED a child whose job ended, as its launcher knows, without closing its run
+    (a SLURM job killed outright): nothing else would, until `runs doctor`."""
+    store.client.set_tag(run_id, "deepmine.status_reason", reason[:8000])
+    store.client.set_terminated(run_id, "KILLED")
