@@ -70,7 +70,7 @@ def test_groups_have_the_documented_options():
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
     assert options("logger") == ["mlflow", "none"]
     assert options("debug") == ["fast"]
-    assert options("launcher") == ["joblib", "slurm", "submitit_local"]
+    assert options("launcher") == ["joblib", "ray", "slurm", "submitit_local"]
     assert options("hparams_search") == ["fashion_mnist_optuna", "grid"]
     assert options("hydra/sweeper") == ["grid", "optuna"]
     assert options("augment") == ["flip", "none", "standard"]  # tests/test_augment.py
@@ -88,7 +88,8 @@ def compose_hydra(tmp_path: Path, *overrides: str):
         (None, "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
         ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
         ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
-        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("slurm", "hydra_plugins.deepmine_launchers.submitit_slurm.SlurmLauncher"),  # test_slurm
+        ("ray", "hydra_plugins.deepmine_launchers.ray_launcher.RayLauncher"),  # test_ray_launcher
     ],
 )
 def test_launcher_options_pick_the_hydra_launcher(tmp_path, launcher, target):
@@ -100,6 +101,10 @@ def test_launcher_options_pick_the_hydra_launcher(tmp_path, launcher, target):
         assert cfg.hydra.launcher.n_jobs == 2
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition is None
+        assert cfg.hydra.launcher.signal_delay_s == 120
+    if launcher == "ray":
+        assert cfg.hydra.launcher.address is None
+        assert (cfg.hydra.launcher.num_cpus, cfg.hydra.launcher.num_gpus) == (1, 0)
 
 
 def test_optuna_search_config_is_a_valid_search(tmp_path):
@@ -122,6 +127,9 @@ def test_optuna_search_config_is_a_valid_search(tmp_path):
     }
     assert isinstance(instantiate(sweeper.sampler), optuna.samplers.TPESampler)
     assert isinstance(instantiate(sweeper.pruner), optuna.pruners.MedianPruner)
+    # one process per study unless shared: several workers on one study, a dead one's trials
+    # queued again after stale_after_s (tests/test_optuna_shared.py, tests/test_sweep_units.py)
+    assert sweeper.shared is False and sweeper.stale_after_s == 120
     # every point of the space composes into a buildable run
     for choice in space.distributions["net.hidden_sizes"].choices:
         run = compose_cfg(

@@ -31,7 +31,10 @@ from test_ui import free_port
 
 from conftest import deepmine_env, one_line_error, run_cli
 
-INSTALL = "`apt-get install postgresql` (or `make setup`)"
+#: a real PostgreSQL cluster and a server on it: the suite's second stage (`make test`)
+pytestmark = pytest.mark.cluster
+
+INSTALL = "`apt-get install postgresql` (or `make test`, which does)"
 PARENT = "mlflow.parentRunId"
 #: what every child run records at least (debug=fast logs every one of its 5 train steps)
 CORE_METRICS = {"train/loss", "val/acc", "val/acc_best", "test/acc", "test/loss"}

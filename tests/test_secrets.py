@@ -146,6 +146,10 @@ def test_mask_overrides_and_text():
     assert secrets.mask_overrides(
         ["+db.passwd=abcd", "lr=0.1", "+my.api_key=${oc.env:API_KEY}", "plain"]
     ) == ["+db.passwd=***", "lr=0.1", "+my.api_key=${oc.env:API_KEY}", "plain"]
+    # a URL's password under any key: a sweep job cannot learn it from the sweeper's config
+    assert secrets.mask_overrides(
+        ["hydra.sweeper.storage=postgresql://mlflow:pw-9@127.0.0.1:5432/optuna", "u=http://a@b/"]
+    ) == ["hydra.sweeper.storage=postgresql://mlflow:***@127.0.0.1:5432/optuna", "u=http://a@b/"]
     text = "task:\n- +x.secret=abcdef\n- lr=1\ndirname: +x.secret=abcdef,lr=1\n"
     assert yaml.safe_load(secrets.mask_text(text)) == {
         "task": ["+x.secret=***", "lr=1"],

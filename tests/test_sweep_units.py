@@ -266,3 +266,104 @@ def test_trials_md_puts_the_configs_first_and_links_each_child_run(tmp_path):
     ]
     assert float(table[1]["diff_vs_best"]) == pytest.approx(0.6 - 0.91)
     assert table[0]["p_value"] == "" and float(table[1]["p_value"]) < 1
+
+
+# --- a shared Optuna study: one budget for all its workers --------------------------------------
+
+
+def test_a_shared_study_counts_every_workers_trials_and_gives_back_the_surplus():
+    """Real Optuna (in memory): two workers' trials in one study. The budget counts finished,
+    running and queued trials of both; a trial asked past it is surplus; an interrupted trial
+    is left out and its retry, queued again, counts instead."""
+    import optuna
+
+    from deepmine.sweeps.optuna_search import SURPLUS, interrupt
+    from deepmine.sweeps.shared_trials import Tally, is_surplus
+
+    study = optuna.create_study()
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    n_trials = 3
+    first, second = study.ask(space), study.ask(space)  # worker A: trials 0 and 1
+    other = study.ask(space)  # worker B: trial 2
+    assert not any(is_surplus(study, t.number, n_trials) for t in (first, second, other))
+    late = study.ask(space)  # both saw a free slot; the storage numbered this one last
+    assert is_surplus(study, late.number, n_trials)
+    late.set_user_attr(SURPLUS, True)
+    study.tell(late, state=optuna.trial.TrialState.FAIL)
+
+    study.tell(first, 0.5)
+    interrupt(study, [second])  # worker A stopped: trial 1 failed, its params queued again
+    count = Tally.of(study)
+    assert [t.number for t in count.finished] == [0]
+    assert [t.number for t in count.running] == [2]
+    assert [t.number for t in count.waiting] == [4]
+    assert count.counted == n_trials and not count.complete(n_trials)
+    redo = study.ask(space)  # whoever asks next redoes it
+    assert (redo.number, redo.params) == (4, second.params)
+    assert not is_surplus(study, redo.number, n_trials)
+    study.tell(other, 0.7)
+    assert not Tally.of(study).complete(n_trials)
+    study.tell(redo, 0.6)
+    count = Tally.of(study)
+    assert [t.number for t in count.finished] == [0, 2, 4] and count.complete(n_trials)
+
+
+def test_a_trial_of_a_dead_worker_is_failed_and_queued_again(tmp_path, capsys):
+    """Optuna's heartbeat on a real SQLite storage: a trial whose last beat is older than
+    stale_after_s (as a SIGKILLed worker leaves it) is failed by the next worker that looks,
+    and its params are queued again; the live worker's trial is left alone."""
+    import sqlite3
+
+    import optuna
+
+    from deepmine.sweeps.optuna_search import RETRY_OF, Search, is_interrupted, retried
+    from deepmine.sweeps.shared_trials import (
+        Tally,
+        TrialBeats,
+        ask,
+        fail_stale,
+        open_storage,
+        worker_name,
+    )
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, 4, url))
+    search = Search(parse(["lr=tag(log, interval(1e-4, 1e-1))"]), [], "maximize", "s", False, url)
+    with TrialBeats(study._storage, every_s=1) as beats:
+        dead, alive = ask(study, search, beats), ask(study, search, beats)
+        beats.discard(dead._trial_id)  # its worker is gone: no more beats
+        with sqlite3.connect(f"{tmp_path}/optuna.db") as db:
+            db.execute(
+                "UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00' WHERE trial_id = ?",
+                (dead._trial_id,),
+            )
+        fail_stale(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "WAITING"]
+    assert (trials[0].number, trials[1].number) == (dead.number, alive.number)
+    assert trials[2].user_attrs[RETRY_OF] == dead.number
+    assert trials[2].system_attrs["fixed_params"] == dead.params  # what the next ask gets
+    assert is_interrupted(trials[0], retried(trials))
+    count = Tally.of(study)
+    assert (count.finished, [t.number for t in count.running], count.counted) == ([], [1], 2)
+    line = f"trial {dead.number} of worker {worker_name()} stopped beating: queued again"
+    assert line in capsys.readouterr().out
+
+
+def test_the_storage_password_is_a_secret_of_the_sweep(tmp_path):
+    """A password in the Optuna storage URL (a `hydra.` override, outside the task config) is
+    masked in what the parent records and in what the sweeper prints."""
+    from test_configs import compose_hydra
+
+    from deepmine.sweeps.optuna_search import shown_storage, storage_url
+    from deepmine.sweeps.record import sweep_secrets
+
+    url = "postgresql://mlflow:s3cret-pw@db.example:5432/optuna"
+    cfg = compose_hydra(tmp_path, "hydra/sweeper=optuna", f"hydra.sweeper.storage={url}")
+    assert "s3cret-pw" in sweep_secrets(cfg)
+    assert shown_storage(url) == "postgresql://mlflow:***@db.example:5432/optuna"
+    # a bare postgresql:// names the driver deepmine installs (SQLAlchemy 2.1 would pick
+    # psycopg 3); an explicit driver, or another database, is kept
+    assert storage_url(url).startswith("postgresql+psycopg2://mlflow:s3cret-pw@")
+    assert storage_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert storage_url("sqlite:////tmp/o.db") == "sqlite:////tmp/o.db"

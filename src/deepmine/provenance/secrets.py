@@ -65,16 +65,24 @@ def secret_values(cfg, overrides: Iterable[str] = ()) -> set[str]:
 
 def mask_overrides(overrides: Iterable[str], values: Iterable[str] = ()) -> list[str]:
     """`key=value` items with a secret key become `key=***` (an `${oc.env:NAME}` reference
-    is kept: it is not the secret and replays as is); other items are kept, with any known
-    secret value inside them masked."""
+    is kept: it is not the secret and replays as is); other items are kept, with a URL's
+    password and any known secret value inside them masked."""
     out = []
     for item in overrides:
         item = str(item)
         key, value = _split(item)
         if key is not None and is_secret_key(key) and not _ENV_ONLY.match(value):
             item = f"{key}={MASK}"
+        # a password inside a URL under any key (hydra.sweeper.storage=postgresql://u:pw@h/db):
+        # a sweep's job does not have the sweeper's config to learn it from
+        item = _URL_PASSWORD.sub(_masked_url_password, item)
         out.append(_scrub(item, values))
     return out
+
+
+def _masked_url_password(match: re.Match) -> str:
+    start = match.start(1) - match.start(0)
+    return f"{match.group(0)[:start]}{MASK}@"
 
 
 def mask_text(yaml_text: str, values: Iterable[str] = ()) -> str:

@@ -32,6 +32,8 @@ class SweepJob:
         if self.info.study:
             tags["deepmine.optuna.study"] = self.info.study["study_name"]
             tags["deepmine.optuna.trial"] = str(self.num)
+        if self.info.worker:  # a shared study: which of its workers ran this trial
+            tags["deepmine.optuna.worker"] = self.info.worker
         return tags
 
     def swept_values(self) -> dict[str, object]:

@@ -12,6 +12,10 @@ ran at (a swept config group, `net=mlp,cnn`, drops the base choice's `net.*` par
 
 Secrets (`provenance.secrets`) are masked in everything the parent records: its tags, params,
 `sweep/multirun.yaml`, the summary, and the errors of failed jobs. Each job masks its own run.
+
+It is one module on purpose: the parent run's life, from its opening through the jobs' note to
+the summary it closes with, is one story that the grid, the Optuna search and a shared Optuna
+study (`deepmine.sweeps.shared_parent`, which opens and closes its parent itself) all tell.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class SweepInfo:
     tracking_uri: str | None = None
     experiment_name: str | None = None
     study: dict | None = None  # optuna: storage, study_name, pruning_metric
+    worker: str | None = None  # a shared Optuna study: the worker (host:pid) launching the jobs
 
     def save(self) -> None:
         path = Path(self.sweep_dir) / SWEEP_FILE
@@ -96,11 +101,14 @@ def honest_params(config: dict, swept: dict[str, str]) -> dict[str, str]:
 
 
 def sweep_secrets(config: DictConfig) -> set[str]:
-    """The secret values of a sweep: in its base config and on its command line."""
+    """The secret values of a sweep: in its base config, on its command line, and the password
+    in its Optuna storage URL (`postgresql://user:pw@host/db`, given as a `hydra.` override,
+    which the task config does not hold)."""
     from deepmine.provenance.secrets import secret_values
 
     overrides = [*OmegaConf.select(config, "hydra.overrides.task", default=[]), *sys.argv[1:]]
-    return secret_values(_task(config), overrides)
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    return secret_values(_task(config), overrides) | secret_values({"storage": str(storage)})
 
 
 class SweepRecord:
@@ -116,6 +124,9 @@ class SweepRecord:
         self.store = None
         self.parent = None
         self.secrets = sweep_secrets(config)
+        #: a worker of a shared Optuna study: the job numbers it launched, the only children
+        #: it may close after Ctrl-C (None: every child is this process's)
+        self.own_jobs: set[int] | None = None
 
     def mask(self, text: str) -> str:
         """`text` with the sweep's secret values masked (free text: errors, tracebacks)."""
@@ -127,7 +138,6 @@ class SweepRecord:
     def opened(self, reopen_run_id: str | None = None) -> Iterator[SweepRecord]:
         """The parent run is open for the block (no run at all with `logger=none`); it is
         closed FINISHED, FAILED (jobs failed) or KILLED (Ctrl-C/SIGTERM)."""
-        from deepmine.provenance.secrets import mask_text
         from deepmine.runtime import interrupts
 
         logger = self.config.get("logger")
@@ -148,30 +158,41 @@ class SweepRecord:
                 self.store,
                 experiment,
                 self.run_name(),
-                self._tags(),
+                self.parent_tags(),
                 reopen_run_id,
                 secret_values=self.secrets,
             ) as parent,
         ):
-            self.parent = parent
-            self.info.parent_run_id = parent.run_id
-            self.info.tracking_uri = self.store.uri
-            self.info.experiment_name = experiment
-            self.info.save()
+            self.attach(parent)
             if reopen_run_id:
                 self.store.client.update_run(parent.run_id, name=self.run_name())
             else:
-                space = self._space()
-                parent.log_params(honest_params(task_config(self.config), self.swept_params()))
-                parent.log_params({f"sweep.space.{line.split('=')[0]}": line for line in space})
-                parent.log_text("\n".join(space) + "\n", "sweep/space.txt")
-                multirun = mask_text(OmegaConf.to_yaml(self.config), self.secrets)
-                parent.log_text(multirun, "sweep/multirun.yaml")
+                self.describe(parent)
             try:
                 yield self
             except BaseException:
-                self._close_orphans()
+                self.close_orphans()
                 raise
+
+    def attach(self, parent) -> None:
+        """`parent` (open) is this sweep's parent run: the note jobs read names it."""
+        self.parent = parent
+        self.info.parent_run_id = parent.run_id
+        self.info.tracking_uri = self.store.uri
+        self.info.experiment_name = parent.experiment_name
+        self.info.save()
+
+    def describe(self, parent) -> None:
+        """What a new parent records once: the base config with the swept keys as swept, the
+        space, and the whole multirun config (secrets masked)."""
+        from deepmine.provenance.secrets import mask_text
+
+        space = self._space()
+        parent.log_params(honest_params(task_config(self.config), self.swept_params()))
+        parent.log_params({f"sweep.space.{line.split('=')[0]}": line for line in space})
+        parent.log_text("\n".join(space) + "\n", "sweep/space.txt")
+        multirun = mask_text(OmegaConf.to_yaml(self.config), self.secrets)
+        parent.log_text(multirun, "sweep/multirun.yaml")
 
     def run_name(self) -> str:
         from deepmine.sweeps.names import sweep_run_name
@@ -195,7 +216,7 @@ class SweepRecord:
 
         return mask_overrides(self.space, self.secrets)
 
-    def _tags(self) -> dict[str, str]:
+    def parent_tags(self) -> dict[str, str]:
         from deepmine.provenance.lineage import git_state, source_tags
         from deepmine.provenance.secrets import mask_overrides
 
@@ -212,6 +233,8 @@ class SweepRecord:
             "deepmine.sweep.space": " ".join(self._space()),
             "deepmine.sweep.launcher": str(self.config.hydra.launcher.get("_target_", "")),
         }
+        if self.info.study:  # the parent of an Optuna search is keyed by its study's name
+            tags["deepmine.optuna.study"] = self.info.study["study_name"]
         return {key: self.mask(value) for key, value in tags.items()}
 
     # --- jobs -----------------------------------------------------------------------------
@@ -248,17 +271,21 @@ class SweepRecord:
             text,
         )
 
-    def _close_orphans(self) -> None:
+    def close_orphans(self) -> None:
         """After Ctrl-C, children still RUNNING in a launcher that died with this process
-        (in-process or joblib workers) are closed KILLED; cluster jobs keep running."""
-        target = str(self.config.hydra.launcher.get("_target_", ""))
-        if self.parent is None or not ("basic" in target.lower() or "joblib" in target.lower()):
+        (in-process, joblib or Ray workers: Ray kills a departing driver's tasks) are closed
+        KILLED; cluster jobs keep running. A worker of a shared study closes only its own
+        (`own_jobs`): the others' are alive."""
+        target = str(self.config.hydra.launcher.get("_target_", "")).lower()
+        dies_with_us = ("basic", "joblib", "deepmine_launchers.ray")
+        if self.parent is None or not any(name in target for name in dies_with_us):
             return
         from deepmine.tracking.sweep import set_tags
 
         with contextlib.suppress(Exception):
             for child in self.children().values():
-                if child.status == "RUNNING":
+                mine = self.own_jobs is None or child.job in self.own_jobs
+                if child.status == "RUNNING" and mine:
                     set_tags(self.store, child.run_id, {"deepmine.status_reason": "KILLED"})
                     self.store.client.set_terminated(child.run_id, "KILLED")
 
