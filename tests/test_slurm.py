@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import SlurmCluster, start_cluster, stop_cluster
+from test_ui import free_port
 
 from conftest import Sandbox, deepmine_env
 
@@ -116,10 +117,50 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.1):
 
 
 @pytest.fixture(scope="module")
-def sweep(cluster, tmp_path_factory):
-    """`deepmine train -m launcher=slurm seed=0,1,2`: three real jobs of one job array."""
-    box = Sandbox(tmp_path_factory.mktemp("slurm-sweep"))
-    proc = deepmine(cluster, box, "train", "-m", *box.overrides(*SLURM, *BASE, "seed=0,1,2"))
+def team_server(cluster, tmp_path_factory):
+    """A team store: `deepmine server` inside the cluster's namespace (where the jobs reach
+    it), its backend an SQLite file the tests read directly (Sandbox.client)."""
+    box = Sandbox(tmp_path_factory.mktemp("slurm-team"))
+    box.db.parent.mkdir(parents=True)
+    port = free_port()
+    log = (box.path / "server.log").open("w")
+    server = subprocess.Popen(
+        cluster.inside(
+            sys.executable, "-m", "deepmine", "server", "--backend-store-uri", box.uri,
+            "--artifacts-destination", str(box.path / "artifacts"), "--port", str(port),
+            "--workers", "1",
+        ),
+        cwd=box.cwd, env=cluster.env(deepmine_env()), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    probe = f"import urllib.request; urllib.request.urlopen('{url}/health', timeout=2)"
+    try:
+
+        def healthy() -> bool:
+            assert server.poll() is None, (box.path / "server.log").read_text()[-3000:]
+            probe_cmd = cluster.inside(sys.executable, "-c", probe)
+            probing = subprocess.run(probe_cmd, capture_output=True)
+            return probing.returncode == 0
+
+        wait_for(healthy, 120, "deepmine server", poll_s=0.5)
+        yield box, url
+    finally:
+        server.terminate()  # deepmine server stops its whole process group on SIGTERM
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def sweep(cluster, team_server):
+    """`deepmine train -m launcher=slurm seed=0,1,2`: three real jobs of one job array,
+    recording into the team server."""
+    box, url = team_server
+    overrides = [f"paths.log_dir={box.logs}", f"logger.tracking_uri={url}"]
+    proc = deepmine(cluster, box, "train", "-m", *overrides, *SLURM, *BASE, "seed=0,1,2")
     assert proc.returncode == 0, proc.stderr[-3000:] + cluster.logs()
     return box, proc
 
@@ -157,6 +198,8 @@ def test_a_sweep_is_one_job_array_with_a_child_run_per_job(cluster, sweep):
     assert {c.data.params["seed"] for c in children} == {"0", "1", "2"}
     assert all("test/acc" in c.data.metrics for c in children)
     assert "sweep summary" in proc.stdout and parent.info.run_id in proc.stdout
+    # through the team server: its artifact store holds the parent's summary
+    assert list((box.path / "artifacts").rglob("summary/trials.md"))
     (script,) = box.logs.glob("train/multiruns/*/*/.submitit/*/*submission.sh")
     assert "#SBATCH --signal=USR2@60" in script.read_text()  # the warning before a kill
     cluster.wait_empty()
@@ -346,7 +389,8 @@ def test_doctor_closes_a_run_whose_job_died(cluster, tmp_path):
     after = box.client().get_run(run.info.run_id)
     assert after.info.status == "KILLED"
     assert f"SLURM job {job} ended FAILED" in after.data.tags["deepmine.status_reason"]
-    assert not [p for p in cluster.namespace_members() if p.cmdline()[1:3] == ["-m", "deepmine"]]
+    train = ["-m", "deepmine", "train"]
+    assert not [p for p in cluster.namespace_members() if p.cmdline()[1:4] == train]
 
 
 def test_a_requeued_job_that_never_returns_leaves_no_run_open(cluster, tmp_path):
