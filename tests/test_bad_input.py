@@ -173,6 +173,16 @@ def resume_finished(project: Project) -> list[str]:
     return [*TRAIN, f"resume={project.finished_run_id()}"]
 
 
+def semicolon_table_read_with_commas(project: Project) -> list[str]:
+    """UCI's wine-quality format (`"fixed acidity";"volatile acidity";...`), from scikit-learn's
+    wine table, read with an explicit `data.sep=','`: one column, unless the error says so."""
+    from test_csv_runs import wine_quality_style
+
+    wine_quality_style(project.cwd / "wine.csv")
+    data = ["data=csv", "data.path=wine.csv", "data.target=cultivar"]
+    return ["deepmine", "train", *data, "debug=fast", "data.sep=','"]
+
+
 CASES: dict[str, Case] = {
     "unknown group option": Case(
         [*TRAIN, "net=cnnn"], ("unknown option 'cnnn' for config group 'net'", "e.g. net=cnn")
@@ -271,6 +281,10 @@ CASES: dict[str, Case] = {
     "a file that is not a checkpoint": Case(
         not_a_checkpoint, ("is not a checkpoint", "e.g. run_id=")
     ),
+    "semicolon CSV read with data.sep=','": Case(
+        semicolon_table_read_with_commas,
+        ("data.sep=','", "single column", "separated by ';'", "e.g. data.sep=';'"),
+    ),
 }
 
 
@@ -286,7 +300,8 @@ def follow(fix: str, argv: list[str], project: Project) -> list[str]:
     """Do what `fix` says; return the command to run next."""
     for dropped in re.findall(r"\bdrop ([\w.]+)", fix):
         argv = [a for a in argv if _key(a) != dropped]
-    example = re.search(r"\be\.g\. (`[^`]+`|[+~]?[\w.]+=[^\s,;)]*[^\s,;).])", fix)
+    # a value is quoted when Hydra needs it to be (`data.sep=';'`), and may then hold anything
+    example = re.search(r"\be\.g\. (`[^`]+`|[+~]?[\w.]+=(?:'[^']*'|[^\s,;)]*[^\s,;).]))", fix)
     if example and example.group(1).startswith("`"):
         return shlex.split(example.group(1).strip("`"))  # the corrected command itself
     if example:

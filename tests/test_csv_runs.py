@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_train_records import artifact_paths
 
-from conftest import one_line_error
+from conftest import one_line_error, run_cli
 
 FAST = ("debug=fast", "data.batch_size=16")
 
@@ -37,7 +37,22 @@ def tables(tmp_path_factory) -> dict[str, Path]:
     gaps = table.copy()
     gaps.loc[[1, 5, 9], "bp"] = None
     gaps.to_csv(folder / "gaps.csv", index=False)
+    wine_quality_style(folder / "wine_semicolon.csv")
     return {p.stem: p for p in folder.glob("*.csv")}
+
+
+def wine_quality_style(path: Path) -> Path:
+    """scikit-learn's wine table written as UCI's wine quality table is: `;` between columns,
+    every header name quoted (with spaces, as UCI's "fixed acidity"), numbers unquoted."""
+    import csv
+
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True)
+    frame = wine.data.rename(columns=lambda c: c.replace("_", " "))
+    frame["cultivar"] = wine.target
+    frame.to_csv(path, sep=";", index=False, quoting=csv.QUOTE_NONNUMERIC)
+    return path
 
 
 def test_classification_on_a_csv_with_text_labels(sandbox, tables):
@@ -109,3 +124,27 @@ def test_impute_mean_lets_the_gappy_table_train(sandbox, tables):
     assert pd.read_csv(tables["gaps"])["bp"].isna().sum() == 3
     (run,) = sandbox.runs()
     assert run.info.status == "FINISHED"
+
+
+def test_a_semicolon_table_trains_with_the_defaults_and_scores(sandbox, tables):
+    """UCI's format (`"fixed acidity";"volatile acidity";...`) needs no option: data.sep=auto
+    reads it, the run records the delimiter, and its model scores a semicolon file too."""
+    path = tables["wine_semicolon"]
+    assert path.read_text().startswith('"alcohol";"malic acid";"ash";')
+    proc = sandbox.train("data=csv", f"data.path={path}", "data.target=cultivar", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = sandbox.runs()
+    params, tags = run.data.params, run.data.tags
+    assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
+    assert params["data.sep"] == "auto" and tags["deepmine.data.csv.sep"] == ";"
+    assert params["data.input_shape"] == "[13]" and tags["deepmine.data.class_names"] == "0, 1, 2"
+    new = sandbox.cwd / "new_wines.csv"
+    new.write_text("\n".join(path.read_text().splitlines()[:11]) + "\n")  # header + 10 rows
+    scored = run_cli(
+        "predict", f"run_id={run.info.run_id}", "input=new_wines.csv",
+        f"logger.tracking_uri={sandbox.uri}", f"paths.log_dir={sandbox.logs}", cwd=sandbox.cwd,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    written = pd.read_csv(sandbox.cwd / "new_wines.predictions.csv")
+    assert list(written.row) == list(range(10))
+    assert set(written.predicted.astype(str)) <= {"0", "1", "2"}

@@ -113,3 +113,104 @@ def test_the_resolved_config_carries_the_shapes_the_data_filled(tmp_path):
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["data"]["num_outputs"] == resolved["net"]["num_outputs"] == 5
     assert resolved["task"]["horizon"] == 5
+
+
+def test_forecasting_run_records_where_the_split_fell(forecast_run, tmp_path):
+    """The first and last time of each part, computed here from the pinned file and the
+    config's sizes (the last test_size steps are test, the val_size before them val)."""
+    import pandas as pd
+
+    from conftest import ROOT
+
+    _, _, run = forecast_run
+    data = compose_cfg(tmp_path, *SUNSPOTS, "net=transformer", "debug=fast").data
+    n_val, n_test = data.val_size, data.test_size
+    assert isinstance(n_val, int) and isinstance(n_test, int)  # step counts, not fractions
+    dates = pd.read_csv(ROOT / "data" / "series" / "sunspots.csv")["date"].tolist()
+    n = len(dates)
+    parts = {
+        "train": dates[: n - n_val - n_test],
+        "val": dates[n - n_val - n_test : n - n_test],
+        "test": dates[n - n_test :],
+    }
+    tags = run.data.tags
+    for part, steps in parts.items():
+        assert tags[f"deepmine.split.{part}.first"] == steps[0], part
+        assert tags[f"deepmine.split.{part}.last"] == steps[-1], part
+        assert tags[f"deepmine.split.{part}.steps"] == str(len(steps)), part
+    assert tags["deepmine.split.test.last"] == "2008-01-01"  # the series' last year
+
+
+def test_a_run_prints_no_lightning_advertisement(forecast_run):
+    """Lightning 2.6 advertises its LitLogger on every Trainer; deepmine drops that line."""
+    _, proc, _ = forecast_run
+    assert "Restoring states from the checkpoint" in proc.stderr  # Lightning's INFO lines stay
+    assert "litlogger" not in (proc.stdout + proc.stderr).lower()
+
+
+def test_the_advertisement_filter_drops_that_line_only():
+    import logging
+
+    from deepmine.runtime.quiet import RANK_ZERO_LOGGERS, silence_lightning_tips
+
+    silence_lightning_tips()
+    silence_lightning_tips()  # idempotent: one filter, however many Trainers a sweep builds
+    logger = logging.getLogger(RANK_ZERO_LOGGERS[0])
+    assert len(logger.filters) == 1
+    tip = "💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/...)"
+    make = logger.makeRecord
+    assert not logger.filter(make(logger.name, logging.INFO, __file__, 1, tip, (), None))
+    other = "GPU available: False, used: False"
+    assert logger.filter(make(logger.name, logging.INFO, __file__, 1, other, (), None))
+
+
+def test_the_forecast_figure_shades_the_val_and_test_parts():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from deepmine.tasks.forecasting.plots import _mark_split
+
+    times = np.arange(2000, 2100)
+    bounds = {"train": (0, 60), "val": (60, 80), "test": (80, 100)}
+    fig, ax = plt.subplots()
+    _mark_split(ax, times, bounds, shown=30)
+    starts = sorted(float(line.get_xdata()[0]) for line in ax.lines)
+    assert starts == [2060.0, 2080.0]  # dashed at the start of val and of test
+    assert [t.get_text() for t in ax.texts] == ["val", "test"]
+    assert len(ax.patches) == 2
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    _mark_split(ax, times, bounds, shown=70)  # val starts before the plotted range
+    assert [float(line.get_xdata()[0]) for line in ax.lines] == [2080.0]
+    plt.close(fig)
+
+
+def test_a_semicolon_series_csv_is_read_with_sep_auto(tmp_path):
+    """data=series_csv reads its file as data=csv does (`deepmine.data.csv_sep`)."""
+    import pandas as pd
+
+    from deepmine.data.series import CSVSeriesDataModule
+
+    frame = pd.DataFrame(
+        {"date": pd.date_range("2000-01-01", periods=40, freq="MS"), "load": range(40)}
+    )
+    frame.to_csv(tmp_path / "comma.csv", index=False)
+    frame.to_csv(tmp_path / "semi.csv", sep=";", index=False)
+    options = dict(lookback=3, horizon=2, val_size=5, test_size=5)
+    comma = CSVSeriesDataModule(str(tmp_path / "comma.csv"), "date", ["load"], **options)
+    semi = CSVSeriesDataModule(str(tmp_path / "semi.csv"), "date", ["load"], **options)
+    comma.setup(), semi.setup()
+    assert torch.equal(comma.series, semi.series)
+    assert semi.read_tags() == {"deepmine.data.csv.sep": ";"}
+    from deepmine.tasks.forecasting.split_tags import split_tags
+
+    tags = split_tags(semi.time_index, semi.split_bounds)
+    # 40 months from January 2000: val is steps 30..34 (the val_size=5 before the last 5)
+    assert (tags["deepmine.split.val.first"], tags["deepmine.split.val.last"]) == (
+        "2002-07-01",
+        "2002-11-01",
+    )
+    assert tags["deepmine.split.test.last"] == "2003-04-01"

@@ -317,3 +317,88 @@ def test_csv_config_composes_and_instantiates(tmp_path):
     x, y = next(iter(dm.train_dataloader()))
     n_train = min(cfg.data.batch_size, len(dm.rows["train"]))
     assert x.shape == (n_train, 2) and y.shape == (n_train, 1)
+
+
+# --- the delimiter (data.sep) ------------------------------------------------------------------
+
+
+def uci_style(tmp_path: Path, sep: str, name: str = "uci.csv") -> Path:
+    """`classes_table` written as UCI's wine quality is: quoted header names with spaces,
+    unquoted numbers, the given delimiter."""
+    import csv
+
+    path = tmp_path / name
+    table = classes_table(10).rename(columns={"a": "fixed acidity", "b": "volatile acidity"})
+    table.to_csv(path, sep=sep, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    return path
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t"])
+def test_csv_sep_auto_reads_each_delimiter_as_the_comma_table(tmp_path, sep):
+    comma = csv_module(write_csv(tmp_path, classes_table(10)))
+    path = uci_style(tmp_path, sep)
+    assert path.read_text().startswith(f'"fixed acidity"{sep}"volatile acidity"{sep}"y"')
+    dm = csv_module(path)  # data.sep=auto, the default
+    assert dm.delimiter == sep
+    assert dm.feature_names == ["fixed acidity", "volatile acidity"]
+    for split, (x, y) in comma.tensors.items():
+        assert torch.equal(dm.tensors[split][0], x) and torch.equal(dm.tensors[split][1], y)
+    # what `deepmine train` adds to the run's tags: the delimiter the file was read with
+    assert dm.read_tags() == {"deepmine.data.csv.sep": {"\t": "\\t"}.get(sep, sep)}
+
+
+@pytest.mark.parametrize(("given", "expected"), [(";", ";"), ("\\t", "\t"), ("tab", "\t")])
+def test_csv_explicit_sep_is_used_and_a_tab_can_be_typed(tmp_path, given, expected):
+    path = uci_style(tmp_path, expected)
+    assert csv_module(path, sep=given).delimiter == expected
+
+
+def test_csv_explicit_wrong_sep_names_the_header_delimiter_and_the_fix(tmp_path):
+    path = uci_style(tmp_path, ";")
+    with pytest.raises(DeepmineError) as caught:
+        csv_module(path, sep=",")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "data.sep=','" in message and "single column" in message
+    assert "separated by ';'" in message and "Fix: e.g. data.sep=';'" in message
+    tabbed = uci_style(tmp_path, "\t", "tabbed.csv")
+    with pytest.raises(DeepmineError, match=r"separated by '\\t'.*Fix: e\.g\. data\.sep='\\t'"):
+        csv_module(tabbed, sep=";")
+
+
+def test_csv_sep_outside_the_choices_is_refused(tmp_path):
+    with pytest.raises(DeepmineError, match=r"data\.sep='\|' is not one of auto.*data\.sep=auto"):
+        csv_module(write_csv(tmp_path, classes_table(5)), sep="|")
+
+
+def test_sep_guess_reads_only_the_head_and_handles_edge_cases(tmp_path):
+    from deepmine.data import csv_sep
+
+    assert csv_sep.guess("only\n1\n2\n") == ","  # one column: no delimiter to find
+    assert csv_sep.guess("") == ","
+    # comma decimals in a semicolon table (a spreadsheet of a comma-decimal locale)
+    assert csv_sep.guess('"a";"b"\n7,4;0,70\n7,8;0,88\n') == ";"
+    # a text field holding the other delimiter does not fool it
+    assert csv_sep.guess('name,score\n"x;y",1\n"z;w",2\n') == ","
+    # a file much larger than the sample: the guess reads the head, the C parser the rest
+    big = tmp_path / "big.csv"
+    rows = "".join(f"{i};{i * 0.5}\n" for i in range(40_000))
+    big.write_text("step;value\n" + rows)
+    assert big.stat().st_size > 4 * csv_sep.SAMPLE_BYTES
+    assert csv_sep.guess_file(big) == ";"
+    from deepmine.data.tables import read_table
+
+    frame = read_table(big, csv_sep.resolved(big, "auto"))
+    assert list(frame.columns) == ["step", "value"] and len(frame) == 40_000
+
+
+def test_csv_config_sep_composes_for_tables_and_series(tmp_path):
+    path = uci_style(tmp_path, ";")
+    cfg = compose_data(tmp_path, "data=csv", f"data.path={path}", "data.target=y",
+                       "data.targets=class", "data.sep=';'")  # fmt: skip
+    assert cfg.data.sep == ";"
+    dm = instantiate(cfg.data)
+    dm.setup()
+    assert dm.delimiter == ";"
+    assert compose_data(tmp_path, "data=csv").data.sep == "auto"
+    assert compose_data(tmp_path, "data=series_csv").data.sep == "auto"

@@ -31,6 +31,9 @@ def main(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    from deepmine.runtime import quiet
+
+    quiet.silence_lightning_tips()  # before the Trainer is built
     hydra_cfg = HydraConfig.get()
     check_override_types(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
     store = connect_store(cfg)

@@ -28,7 +28,7 @@ from deepmine.run.checks import (
     verify_data,
 )
 from deepmine.run.errors import report_errors
-from deepmine.runtime import interrupts, slurm, timeline
+from deepmine.runtime import interrupts, quiet, slurm, timeline
 from deepmine.tracking.store import connect_store
 
 register_resolvers()
@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> float | None:
 
     timeline.start_job()
     timeline.mark("composed")
+    quiet.silence_lightning_tips()  # before any Trainer is built
     with isolated(end_fluent_runs):
         return _train(cfg)
 
@@ -97,6 +98,7 @@ def _train(cfg: DictConfig) -> float | None:
     pruned_errors = job.pruned_errors() if pruning else ()
     # The data fills the config's null shape keys before DDP ranks get the resolved config.
     datamodule = build_datamodule(cfg)
+    data_tags.update(getattr(datamodule, "read_tags", dict)())  # e.g. the delimiter sep=auto found
     with distributed.ranks(cfg, output_dir):
         parts = build(cfg, extra_callbacks=pruning, datamodule=datamodule)
         timeline.mark("built")

@@ -1,11 +1,12 @@
 """A user's own table: a CSV file, one row per sample, one target column.
 
-The file is read by pandas. Numeric feature columns are standardized with statistics of the
-training split; columns listed as categorical are one-hot encoded with the categories of the
-training split (a category met only in validation or test rows encodes as an all-zero row).
-Every problem with the table (a missing column, a word in a numeric column, missing values, a
-target with one class, an empty split) stops the run before training, in one line naming the file
-and the column.
+The file is read by pandas, with the delimiter `data.sep` names or, by default, the one guessed
+from its head (`deepmine.data.csv_sep`: UCI-style `;` tables read as they are). Numeric feature
+columns are standardized with statistics of the training split; columns listed as categorical are
+one-hot encoded with the categories of the training split (a category met only in validation or
+test rows encodes as an all-zero row). Every problem with the table (a missing column, a word in a
+numeric column, missing values, a target with one class, an empty split) stops the run before
+training, in one line naming the file and the column.
 
 Features are stored already standardized (float32), not normalized per batch: tables are small
 next to the model's work, one-hot columns must stay 0/1 so a per-batch transform would need
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deepmine.data import tables
+from deepmine.data import csv_sep, tables
 from deepmine.data.mapped import mapped_splits
 from deepmine.data.tensors import TensorDataModule, fit_scaler
 from deepmine.errors import DeepmineError
@@ -43,6 +44,7 @@ class CSVDataModule(TensorDataModule):
         path: str,
         target: str | None,
         targets: str = "auto",
+        sep: str = "auto",
         features: Sequence[str] | None = None,
         categorical: Sequence[str] | None = None,
         impute: str | None = None,
@@ -72,6 +74,9 @@ class CSVDataModule(TensorDataModule):
                 "set data.path to a CSV file (relative: to this directory, else to the project)",
             )
         self.dvc_tracked = self.path.is_relative_to(project_root() / "data")
+        #: data.sep as configured (auto, or a delimiter); `delimiter` is the one read with
+        self.sep = csv_sep.checked(sep)
+        self.delimiter: str | None = None
         #: None: a table without labels (clustering only; every label is -1)
         self.target = None if target is None else str(target)
         self.target_names = () if target is None else (self.target,)
@@ -99,6 +104,11 @@ class CSVDataModule(TensorDataModule):
             "deepmine.data.csv.path": str(self.path),
             "deepmine.data.csv.md5": tables.file_md5(self.path),
         }
+
+    def read_tags(self) -> dict[str, str]:
+        """Run tags about how the table was read, known once it is (`deepmine train` adds them
+        to the run's start tags): the delimiter, which data.sep=auto leaves to the file."""
+        return csv_sep.tags(self.delimiter) if self.delimiter else {}
 
     def shapes(self) -> dict:
         """Read from the table, so reading it (once) comes first."""
@@ -153,7 +163,8 @@ class CSVDataModule(TensorDataModule):
         """The table with every check done before any split: columns, types, gaps (rows with
         gaps dropped here under `impute=drop`), classes. Returns the remaining rows, the feature
         columns, the numeric ones as float64 and the encoded target."""
-        frame = tables.read_table(self.path)
+        self.delimiter = csv_sep.resolved(self.path, self.sep)
+        frame = tables.read_table(self.path, self.delimiter)
         features = self._feature_columns(frame)
         used = [*features, *self._reserved()]
         numeric = {

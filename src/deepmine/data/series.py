@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from deepmine.data import csv_sep
 from deepmine.data.batches import Normalize
 from deepmine.data.csv_table import resolve
 from deepmine.data.mapped import mapped_arrays
@@ -104,6 +105,8 @@ class SeriesDataModule(TensorDataModule):
         self.time_column = TIME_COLUMN
         self.wanted_inputs: list[str] | None = None  # None: every column but the time column
         self.wanted_targets: list[str] | None = None  # None: the same as the inputs
+        #: data.sep: `deepmine data pull` writes commas; `delimiter` is the one read with
+        self.sep, self.delimiter = ",", ","
         # Filled by `make_splits`:
         #: the raw series (T, F) float32: the input columns, then any target column not among
         #: them; every window of every split is a view of it
@@ -138,7 +141,8 @@ class SeriesDataModule(TensorDataModule):
 
     def _read(self) -> pd.DataFrame:
         self._check_source()
-        frame = read_table(self.path)
+        self.delimiter = csv_sep.resolved(self.path, self.sep)
+        frame = read_table(self.path, self.delimiter)
         require_columns(frame, [self.time_column], "data.time_column", self.path)
         others = [c for c in frame.columns if c != self.time_column]
         inputs = list(self.wanted_inputs) if self.wanted_inputs is not None else others
@@ -324,6 +328,7 @@ class CSVSeriesDataModule(SeriesDataModule):
         val_size: float | int,
         test_size: float | int,
         input_columns: Sequence[str] | None = None,
+        sep: str = "auto",
         **kwargs,
     ):
         resolved = resolve(path)
@@ -339,11 +344,18 @@ class CSVSeriesDataModule(SeriesDataModule):
             )
         self.wanted_targets = list(target_columns)
         self.wanted_inputs = None if input_columns is None else list(input_columns)
+        self.sep = csv_sep.checked(sep)
+        self.delimiter = None
         # an instance attribute: whether data.dvc pins the file depends on where it is
         self.dvc_tracked = resolved.is_relative_to((project_root() / DATA_DIR).resolve())
 
     def _check_source(self) -> None:
         """A user's file: `read_table` says what is wrong with it."""
+
+    def read_tags(self) -> dict[str, str]:
+        """Run tags about how the file was read, known once it is (`deepmine train` adds them
+        to the run's start tags): the delimiter, which data.sep=auto leaves to the file."""
+        return csv_sep.tags(self.delimiter) if self.delimiter else {}
 
     def source_tags(self) -> dict[str, str]:
         """Run tags naming the bytes read: the file's path and md5 (inside data/, data.dvc pins

@@ -30,15 +30,16 @@ SPLITS = ("train", "val", "test")
 IMPUTATIONS = ("mean", "median", "drop")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """The CSV at `path` read by pandas; a missing file or a table with no rows stops the run."""
+def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
+    """The CSV at `path` read by pandas with delimiter `sep` (`csv_sep.resolved` gives it); a
+    missing file or a table with no rows stops the run."""
     if not path.is_file():
         raise DeepmineError(
             f"table {path} does not exist",
             "set data.path to a CSV file (a relative path is read from the project root)",
         )
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, sep=sep)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

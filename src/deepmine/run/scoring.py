@@ -4,7 +4,9 @@ loaded model, the predictions appended to a temporary file renamed into place at
 - Inputs (`InputReader`): a CSV (pandas, `chunk_rows` rows at a time), a Parquet file
   (pyarrow, record batches), a folder of images (the paths, `chunk_rows` at a time), one image
   file, a CSV listing image files in a `path` column, or a series CSV for a forecasting model
-  (read whole: a forecast reads the series' end).
+  (read whole: a forecast reads the series' end). A CSV's delimiter is guessed from its head
+  as training's `data.sep=auto` does (`deepmine.data.csv_sep`), so a semicolon table scores
+  as it trained, and a model trained on one table scores the same rows in the other format.
 - Outputs (`OutputWriter`): CSV or Parquet, written to `<name>.partial-<pid>` beside the
   target and renamed over it only when every chunk is in, so an interrupted or failed scoring
   never leaves a file that looks complete (and an older complete file stays as it was).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepmine.data.csv_sep import guess_file
 from deepmine.errors import DeepmineError
 
 FORMATS = ("csv", "parquet")
@@ -72,7 +75,8 @@ class InputReader:
         size = max(self.path.stat().st_size, 1)
         with self.path.open("rb") as handle:
             try:
-                for frame in pd.read_csv(handle, chunksize=self.chunk_rows):
+                sep = guess_file(self.path)
+                for frame in pd.read_csv(handle, sep=sep, chunksize=self.chunk_rows):
                     ids = pd.DataFrame({"row": frame.index.to_numpy()})
                     yield Chunk(frame, ids, min(handle.tell() / size, 1.0))
             except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -123,7 +127,7 @@ class InputReader:
         try:
             if self.path.suffix.lower() == ".parquet":
                 return pd.read_parquet(self.path)
-            return pd.read_csv(self.path)
+            return pd.read_csv(self.path, sep=guess_file(self.path))
         except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
             raise _unreadable(self.path, exc) from None
 

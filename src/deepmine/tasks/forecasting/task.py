@@ -94,6 +94,8 @@ class ForecastingTask(ScaledTargetsTask):
         self.test_actuals: list[torch.Tensor] = []
         self.tested: tuple[torch.Tensor, torch.Tensor] | None = None
         self.baseline_forecasts: dict[str, torch.Tensor] = {}
+        #: where the chronological split fell (`split_tags`), read from the data at setup
+        self.split_tags: dict[str, str] = {}
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection(
@@ -128,6 +130,11 @@ class ForecastingTask(ScaledTargetsTask):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = self.trainer.datamodule if self.trainer else None
+        if datamodule is not None and getattr(datamodule, "split_bounds", None) is not None:
+            from deepmine.tasks.forecasting.split_tags import split_tags
+
+            datamodule.setup()
+            self.split_tags = split_tags(datamodule.time_index, datamodule.split_bounds)
         if stage == "fit" and datamodule is not None:
             datamodule.setup()
             train_stop = datamodule.split_bounds["train"][1]
@@ -217,6 +224,10 @@ class ForecastingTask(ScaledTargetsTask):
             return 0.0 if gain == 0 else float("-inf") if gain < 0 else float("inf")
         return gain / abs(baseline)
 
+    def run_tags(self) -> dict[str, str]:
+        """The first and last time and the step count of train, val and test."""
+        return dict(self.split_tags)
+
     def plots(self, folder: Path, title: str, datamodule) -> list[Path]:
         from deepmine.tasks.forecasting.plots import forecast_png
 
@@ -236,7 +247,7 @@ class ForecastingTask(ScaledTargetsTask):
                 folder / "forecast.png",
                 f"{title} test forecasts",
                 list(datamodule.target_names),
-                train_stop=datamodule.split_bounds["train"][1],
+                bounds=datamodule.split_bounds,
             )
         ]
 
