@@ -6,7 +6,7 @@ from conftest import ROOT, run_cli
 def test_help_lists_commands(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for command in ("train", "eval", "data pull", "data status", "ui"):
+    for command in ("train", "eval", "data pull", "data status", "ui", "sync"):
         assert command in proc.stdout
 
 

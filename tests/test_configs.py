@@ -353,6 +353,8 @@ def test_logger_options(tmp_path):
     mlflow_cfg = compose_cfg(tmp_path, "logger=mlflow")
     uri = mlflow_cfg.logger.tracking_uri
     assert uri == f"sqlite:///{ROOT}/mlflow.db" and uri.startswith("sqlite:////")
+    assert mlflow_cfg.logger.offline is False and mlflow_cfg.logger.failover is False
+    assert mlflow_cfg.logger.spool_dir == f"{ROOT}/mlruns-offline"
     assert compose_cfg(tmp_path, "logger=none").logger is None
 
 

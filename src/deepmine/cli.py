@@ -63,6 +63,10 @@ commands:
   runs doctor [--fix] [--stale-after SECONDS]
                       find RUNNING runs whose process is gone (exit 1 if any); --fix
                       closes them KILLED, metrics and checkpoints kept (resume=<run id>)
+  sync [<spool dir or store>] [--to URI] [--register]
+                      copy the runs recorded offline (logger.offline=true, or
+                      logger.failover=true with the server gone) to the tracking store,
+                      each run once: run it again, or after an interruption, at will
 
 the store: every command takes --tracking-uri URI or logger.tracking_uri=URI (the flag wins),
   else MLFLOW_TRACKING_URI, else the project's mlflow.db (conf/logger/mlflow.yaml, conf/local/)
@@ -92,6 +96,7 @@ COMMANDS = {
     "compare": "compare",
     "predict": "predict",
     "models": "models",
+    "sync": "sync",
 }
 
 

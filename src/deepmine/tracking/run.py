@@ -206,6 +206,8 @@ def recorded_run(
     from deepmine.runtime.interrupts import Preempted, critical
 
     experiment_id = store.experiment_id(experiment_name)
+    # a spool's runs name the store they belong to (`deepmine sync` copies them there)
+    tags = {**tags, **(store.run_tags or {})}
     run = heartbeat = None
     try:
         # A Ctrl-C/SIGTERM during the opening is held until the run exists and then raised

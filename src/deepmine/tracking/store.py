@@ -42,6 +42,7 @@ class Store:
     uri: str
     client: object  # mlflow.MlflowClient, typed loosely to keep this module import-light
     artifact_location: str | None
+    run_tags: dict[str, str] | None = None  # on every run opened here (a spool's target)
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment `name`, created (with our artifact location) if missing."""
@@ -338,8 +339,12 @@ def end_fluent_runs() -> None:
 
 
 def connect_store(cfg: DictConfig):
-    """The tracking store a composed config names (`cfg.logger`), or None for `logger=none`:
-    how every command opens its store."""
+    """The store a composed config names (`cfg.logger`; the offline spool where `logger.offline`
+    or `logger.failover` say so), or None for `logger=none`: how every command opens its store."""
     if not cfg.get("logger"):
         return None
-    return connect(cfg.logger.tracking_uri, cfg.logger.get("artifact_location"))
+    from deepmine.tracking.spool import open_spool
+
+    return open_spool(cfg.logger) or connect(
+        cfg.logger.tracking_uri, cfg.logger.get("artifact_location")
+    )
