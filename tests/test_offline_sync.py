@@ -54,9 +54,9 @@ class Server:
     process: subprocess.Popen
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sync-server")
+def start_server(path: Path, db: Path, artifacts: Path) -> Server:
+    """`deepmine server` on a free loopback port, in its own process group, once healthy."""
+    path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = path / "server.log"
@@ -64,27 +64,38 @@ def server(tmp_path_factory):
         process = subprocess.Popen(
             [
                 sys.executable, "-m", "deepmine", "server",
-                "--backend-store-uri", f"sqlite:///{path}/server.db",
-                "--artifacts-destination", str(path / "artifacts"),
+                "--backend-store-uri", f"sqlite:///{db}",
+                "--artifacts-destination", str(artifacts),
                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             ],
             cwd=path, env=deepmine_env(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: uvicorn and its workers
         )  # fmt: skip
+    deadline = time.time() + 120
+    while True:
+        if process.poll() is not None or time.time() > deadline:
+            stop_group(process)
+            pytest.fail(f"deepmine server did not start:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return Server(url, process)
+        except OSError:
+            time.sleep(0.5)
+
+
+def stop_server(server: Server) -> None:
+    stop_group(server.process)
+    assert _group_gone(server.process.pid), "processes of the server's group outlived it"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sync-server")
+    started = start_server(path, path / "server.db", path / "artifacts")
     try:
-        deadline = time.time() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-        yield Server(url, process)
+        yield started
     finally:
-        stop_group(process)
-        assert _group_gone(process.pid), "processes of the server's group outlived it"
+        stop_server(started)
 
 
 def _client(server: Server):
@@ -374,3 +385,58 @@ def test_a_refused_login_is_one_line_and_nothing_moves(auth_server, offline, mon
         if SOURCE in r.data.tags
     ]  # fmt: skip
     assert copies == []
+
+
+def test_a_run_that_loses_its_server_mid_run_continues_in_the_spool_and_syncs_whole(tmp_path):
+    """The server dies after the run's first epoch, for longer than the client's retries
+    (shortened here); the run goes on in the spool and ends FINISHED there; the server comes
+    back (another process on the same backend) and `deepmine sync` joins the two parts: one
+    FINISHED run, every metric equal to an uninterrupted run's, no step missing."""
+    db, artifacts = tmp_path / "server.db", tmp_path / "artifacts"
+    first = start_server(tmp_path / "first", db, artifacts)
+    spool = tmp_path / "spool"
+    config = (
+        "data=digits", "data.batch_size=8", "trainer.max_epochs=3", "net.dropout=0.0",
+        "logger.flush_every_s=0", "print_config=false", "logger.log_model=false",
+    )  # fmt: skip
+    training = start_cli(
+        "train", *config, f"logger.tracking_uri={first.url}", "logger.failover=true",
+        f"logger.spool_dir={spool}", f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+    )  # fmt: skip
+    try:
+        client = _client(first)
+        deadline = time.monotonic() + 240
+        while not [r for r in _runs(client) if "val/acc" in r.data.metrics]:
+            assert training.poll() is None, training.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no epoch on the server"
+            time.sleep(0.1)
+        (online,) = _runs(client)
+        stop_server(first)  # gone mid-run
+        _, err = training.communicate(timeout=300)
+    finally:
+        if training.poll() is None:
+            training.kill()
+        stop_group(first.process)
+    assert training.returncode == 0, err[-3000:]
+    assert "lost the MLflow tracking server" in err
+    second = start_server(tmp_path / "second", db, artifacts)
+    try:
+        synced = _sync(tmp_path, str(spool), "--to", second.url)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        client = _client(second)
+        (run,) = _runs(client)
+        assert run.info.run_id == online.info.run_id  # the server's run, completed
+        assert run.info.status == "FINISHED" and run.data.tags[COMPLETE] == "true"
+        _train(tmp_path, *config, f"logger.tracking_uri={second.url}", "experiment_name=ref")
+        (reference,) = _runs(client, "ref")
+        final = {k: v for k, v in run.data.metrics.items() if k not in TIMED}
+        assert final == {k: v for k, v in reference.data.metrics.items() if k not in TIMED}
+        for key in final:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            ref_steps = [m.step for m in client.get_metric_history(reference.info.run_id, key)]
+            assert sorted(steps) == sorted(ref_steps), key  # no gap, nothing twice
+        again = _sync(tmp_path, str(spool), "--to", second.url)
+        assert again.returncode == 0 and len(_runs(client)) == 1
+    finally:
+        stop_server(second)

@@ -108,6 +108,11 @@ def open_spool(logger) -> Store | None:
         logger.get("failover") and _failover_needed(uri, spool_dir)
     ):
         return None
+    return open_spool_store(uri, spool_dir)
+
+
+def open_spool_store(uri: str, spool_dir: str | Path) -> Store:
+    """The spool at `spool_dir`, its runs tagged with the server `uri` they belong to."""
     store = connect(spool_uri(spool_dir))
     store.run_tags = target_tag(uri)
     return store

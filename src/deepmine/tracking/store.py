@@ -343,8 +343,6 @@ def connect_store(cfg: DictConfig):
     or `logger.failover` say so), or None for `logger=none`: how every command opens its store."""
     if not cfg.get("logger"):
         return None
-    from deepmine.tracking.spool import open_spool
+    from deepmine.tracking.failover import store_for
 
-    return open_spool(cfg.logger) or connect(
-        cfg.logger.tracking_uri, cfg.logger.get("artifact_location")
-    )
+    return store_for(cfg.logger)

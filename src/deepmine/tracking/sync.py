@@ -15,6 +15,11 @@ has are not sent again, each metric's history is compared point by point and onl
 points are logged, artifacts are re-uploaded (same paths: overwritten, not doubled), a logged
 model is matched by `deepmine.sync.source_model_id`. Runs still RUNNING or SCHEDULED in the
 source are left for a later sync. The source is only read.
+
+A spool run that continues a server's run after a mid-run failover
+(`deepmine.sync.continues`, see `deepmine.tracking.failover`) is completed into that run the
+same way, which joins the two parts. One module: every step of a copy shares the resume rule
+above, and split apart they would each have to restate it.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ def find_copy(target: Store, experiment_id: str, source_run_id: str):
 
 def _sync_run(source, target, run, experiment_id, register, report, echo) -> None:
     source_id = run.info.run_id
-    copy = find_copy(target, experiment_id, source_id)
+    copy = find_copy(target, experiment_id, source_id) or _continued(target, run)
     if copy is not None and copy.data.tags.get(COMPLETE_TAG) == "true":
         report.id_map[source_id] = copy.info.run_id
         report.present.append(source_id)
@@ -141,6 +146,22 @@ def _sync_run(source, target, run, experiment_id, register, report, echo) -> Non
     target.client.set_tag(target_id, COMPLETE_TAG, "true")
     (report.completed if resumed else report.copied).append(source_id)
     echo(f"{'completed' if resumed else 'copied'} {run.info.run_name or source_id} -> {target_id}")
+
+
+def _continued(target: Store, run):
+    """The server run that `run` continues after a mid-run failover
+    (`deepmine.tracking.failover`): its copy, to be completed with what the spool holds."""
+    from mlflow.exceptions import MlflowException
+
+    from deepmine.tracking.failover import CONTINUES_TAG
+
+    server_run_id = run.data.tags.get(CONTINUES_TAG)
+    if not server_run_id:
+        return None
+    try:
+        return target.client.get_run(server_run_id)
+    except MlflowException:
+        return None  # that server's run is not on this target: copied as a run of its own
 
 
 def _remapped(tags: dict[str, str], id_map: dict[str, str], register: bool) -> dict[str, str]:
