@@ -209,9 +209,20 @@ def test_a_finished_run_leaves_no_pip_freeze(sandbox, tmp_path):
 # --- DDP ranks ----------------------------------------------------------------------------------
 
 
+# the project's trainer=ddp config, or the strategy named by its string on any trainer config
+# (which deepmine maps to its own DDPStrategy: Lightning's would hang rank 0 on SIGTERM)
+DDP_AS = {
+    "config": ("trainer=ddp",),
+    "string": ("+trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"),
+}
+
+
+@pytest.mark.parametrize("ddp", sorted(DDP_AS))
 @pytest.mark.parametrize("when", ["training"])  # "rank started" behaves the same (measured)
-def test_no_ddp_rank_outlives_sigterm(sandbox, when):
-    args = ["train", *sandbox.overrides(*LONG, "trainer=ddp")]
+def test_no_ddp_rank_outlives_sigterm(sandbox, when, ddp):
+    # the ranks get the resolved config, secrets in clear, on stdin: no file holds it
+    secret = f"s3cr3t-{os.getpid()}-{time.time_ns()}"
+    args = ["train", *sandbox.overrides(*LONG, *DDP_AS[ddp], f"+db.password={secret}")]
     with started(sandbox, *args) as tree:
         tree.wait_for("rank 1", lambda: bool(tree.named("deepmine.run.rank")))
         if when == "training":
@@ -223,6 +234,11 @@ def test_no_ddp_rank_outlives_sigterm(sandbox, when):
         assert not tree.survivors(), f"outlived deepmine train ({when}): {tree.describe()}"
         assert took < 20, f"took {took:.0f} s to stop after SIGTERM"
     _not_running(sandbox)
+    assert list(sandbox.logs.rglob("ddp/rank1.log"))
+    holding = [
+        p for p in sandbox.logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+    ]
+    assert holding == []
 
 
 # --- submitit (local executor) ------------------------------------------------------------------

@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from conftest import run_cli, start_cli
+from conftest import deepmine_env, run_cli, start_cli
 from deepmine.tracking import doctor
 from deepmine.tracking.run import HEARTBEAT_AT, HEARTBEAT_HOST, HEARTBEAT_PID
 from deepmine.tracking.store import connect
@@ -140,3 +140,92 @@ def test_heartbeat_beats_while_the_run_is_open_and_stops_when_it_closes(sandbox)
     closed = store.client.get_run(run.run_id)
     assert closed.info.status == "FINISHED"
     assert closed.data.tags[HEARTBEAT_PID] == str(os.getpid())
+
+
+def _sweep_child(sandbox, controller, timeout: float = 240):
+    """The child run of the sweep `controller` once it is RUNNING with a heartbeat and metrics,
+    and the processes under the controller by then."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    seen = {}
+    while time.monotonic() < deadline:
+        assert controller.poll() is None, f"the sweep ended early: {controller.stderr.read()}"
+        for process in psutil.Process(controller.pid).children(recursive=True):
+            seen.setdefault(process.pid, process)
+        children = []
+        if sandbox.db.exists():
+            connect(sandbox.uri)  # through the store lock (see _wait_for_running_run)
+            children = [r for r in sandbox.runs() if "mlflow.parentRunId" in r.data.tags]
+        if children and children[0].data.tags.get(HEARTBEAT_PID) and children[0].data.metrics:
+            return children[0], list(seen.values())
+        time.sleep(0.5)
+    raise AssertionError("no RUNNING child run with a heartbeat and metrics appeared")
+
+
+def test_doctor_stops_the_jobs_of_a_sweep_killed_by_sigkill(sandbox):
+    """A SIGKILLed launcher=submitit_local sweep leaves its job training, its run RUNNING and
+    beating: doctor finds it by its sweep's dead controller, and --fix stops the job (which
+    closes its run KILLED) and closes the parent."""
+    import psutil
+
+    args = sandbox.overrides(
+        "data=digits",
+        "trainer.max_epochs=10000",
+        "callbacks.early_stopping=null",
+        "launcher=submitit_local",
+        "seed=0",
+    )
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "deepmine", "train", "-m", *args],
+        cwd=sandbox.cwd,
+        env=deepmine_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: everything it started is found below
+    )
+    started = []
+    try:
+        child, started = _sweep_child(sandbox, controller)
+        job = psutil.Process(int(child.data.tags[HEARTBEAT_PID]))
+        assert job.pid != controller.pid and job in started
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(timeout=30)
+        time.sleep(2)
+        assert job.is_running(), "the job died with its controller: nothing to find"
+        (parent,) = [r for r in sandbox.runs() if "mlflow.parentRunId" not in r.data.tags]
+
+        check = run_cli("runs", "doctor", "--tracking-uri", sandbox.uri, cwd=sandbox.cwd)
+        assert check.returncode == 1, check.stdout + check.stderr[-2000:]
+        line = next(ln for ln in check.stdout.splitlines() if child.info.run_id in ln)
+        assert "orphaned" in line and f"process {controller.pid}" in line, check.stdout
+        assert parent.info.run_id in check.stdout
+        assert job.is_running()  # without --fix nothing changes
+
+        fix = run_cli("runs", "doctor", "--fix", "--tracking-uri", sandbox.uri, cwd=sandbox.cwd)
+        assert fix.returncode == 0, fix.stdout + fix.stderr[-2000:]
+        assert f"process {job.pid} stopped by SIGTERM" in fix.stdout, fix.stdout
+        assert not job.is_running() or job.status() == psutil.STATUS_ZOMBIE
+        statuses = {r.info.run_id: r.info.status for r in sandbox.runs()}
+        assert statuses == {child.info.run_id: "KILLED", parent.info.run_id: "KILLED"}
+        assert [p for p in started if _alive(p)] == []
+        again = run_cli("runs", "doctor", "--tracking-uri", sandbox.uri, cwd=sandbox.cwd)
+        assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    finally:
+        for process in started:
+            if _alive(process):
+                process.kill()
+        if controller.poll() is None:
+            controller.kill()
+        controller.wait(timeout=30)
+        controller.stderr.close()
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -98,6 +98,13 @@ def test_secret_overrides_are_masked_everywhere_in_the_store(sandbox, tmp_path):
     for path in stored:
         raw = path.read_bytes()
         assert PASSWORD.encode() not in raw and TOKEN.encode() not in raw, path
+    # and the whole output tree, Hydra's own .hydra/*.yaml included (masked, still YAML)
+    hydra_files = list(sandbox.logs.rglob(".hydra/overrides.yaml"))
+    assert len(hydra_files) == 3  # the run, the refused resume and the resume
+    given = [yaml.safe_load(path.read_text()) for path in hydra_files]
+    assert sum(f"+db.password={secrets.MASK}" in overrides for overrides in given) == 2
+    assert _files_holding(PASSWORD, sandbox.logs) == []
+    assert _files_holding(TOKEN, sandbox.logs) == []
 
     # the run trained with the real values: only the record is masked, so replaying it
     # must ask for the secrets again instead of training with `***`
@@ -168,12 +175,16 @@ def test_a_masked_override_is_replayed_only_when_given_again():
 def test_a_sweep_masks_its_secrets_in_the_parent_children_and_summary(sandbox, tmp_path):
     """A grid over two learning rates, one of them the secret pasted into the wrong option:
     that job fails before its run opens with an error that echoes the value."""
-    secret = _unique_secret()
+    secret, url_password = _unique_secret(), _unique_secret()
     proc = run_cli(
         "train",
         "-m",
         *sandbox.overrides(
-            "data=digits", "debug=fast", f"+db.password={secret}", f"optimizer.lr=1e-3,{secret}"
+            "data=digits",
+            "debug=fast",
+            f"+db.password={secret}",
+            f"+db.url=postgresql://me:{url_password}@db.example/app",
+            f"optimizer.lr=1e-3,{secret}",
         ),
         cwd=sandbox.cwd,
     )
@@ -197,6 +208,51 @@ def test_a_sweep_masks_its_secrets_in_the_parent_children_and_summary(sandbox, t
     assert (summary / "trials.md").is_file()
     assert _files_holding(secret, sandbox.db.parent, summary) == []
     assert _store_files(sandbox)
+    # the whole output tree: the sweep's multirun.yaml, each job's .hydra/*.yaml and log
+    assert len(list(sandbox.logs.rglob("multirun.yaml"))) == 1
+    assert len(list(sandbox.logs.rglob(".hydra/hydra.yaml"))) == 2
+    assert _files_holding(secret, sandbox.logs, sandbox.db.parent) == []
+    assert _files_holding(url_password, sandbox.logs, sandbox.db.parent) == []
+    # and the console: Hydra's launcher prints each job's overrides as it starts it
+    assert "#1 : " in proc.stdout + proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    assert url_password not in proc.stdout + proc.stderr
+
+
+def test_a_submitit_sweep_leaves_no_pickled_secret(sandbox):
+    """submitit hands each job its config in a pickle (the job needs the real value): the
+    pickles go once the jobs are back; the jobs' logs stay."""
+    secret = _unique_secret()
+    proc = run_cli(
+        "train",
+        "-m",
+        *sandbox.overrides(
+            "data=digits", "debug=fast", "launcher=submitit_local", f"+db.password={secret}"
+        ),
+        cwd=sandbox.cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(sandbox.logs.rglob(".submitit/*/*_log.out"))
+    assert list(sandbox.logs.rglob(".submitit/*/*.pkl")) == []
+    assert _files_holding(secret, sandbox.path) == []
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_launcher_logs_are_masked_while_a_sweep_runs(caplog):
+    """A swept secret (`+x.api_token=a,b`): each job's own value is masked by its key."""
+    import logging
+
+    launcher = logging.getLogger("hydra._internal.core_plugins.basic_launcher")
+    with caplog.at_level(logging.INFO):
+        with secrets.masked_logs({"pw-12345"}):
+            launcher.info("\t#%d : %s", 0, "lr=0.1 +x.api_token=tok-1111 note=pw-12345")
+            launcher.info("\t#1 : +db.url=postgresql\\://u\\:pw-9876@h/db")
+        launcher.info("after the sweep: +x.api_token=tok-2222")
+    assert caplog.messages == [
+        "\t#0 : lr=0.1 +x.api_token=*** note=***",
+        "\t#1 : +db.url=postgresql\\://u\\:***@h/db",
+        "after the sweep: +x.api_token=tok-2222",  # the filter is gone with the block
+    ]
 
 
 def test_eval_masks_the_secrets_of_its_command_line_and_of_the_model_config(sandbox, tmp_path):
@@ -275,3 +331,39 @@ def test_a_sweep_record_masks_its_space_rows_and_errors():
     masked = record._masked_row(row)
     assert masked.params == {"optimizer.lr": "***", "+db.password": "***"}
     assert masked.error == "ValueError: cannot log in with ***"
+
+
+def test_optuna_refuses_to_search_a_secret_key_before_its_study_exists(sandbox):
+    """Optuna's storage would keep the values in clear (a categorical's choices are in its
+    distribution's JSON): the search is refused in one line, no study, no run, no file holds
+    the secret."""
+    secret = _unique_secret()
+    proc = run_cli(
+        "train",
+        "-m",
+        *sandbox.overrides(
+            "hparams_search=fashion_mnist_optuna",
+            "data=digits",
+            "debug=fast",
+            f"+db.password=choice({secret},{secret}-2)",
+        ),
+        cwd=sandbox.cwd,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_line_error(proc)
+    assert "db.password cannot be searched by Optuna" in line and "hparams_search=grid" in line
+    assert secret not in proc.stderr + proc.stdout
+    assert sandbox.runs("fashion_mnist_optuna") == []
+    assert _files_holding(secret, sandbox.path) == []
+
+
+def test_a_secret_with_one_value_is_not_part_of_an_optuna_space():
+    """A fixed secret goes to every trial on its command line, never into the study."""
+    from deepmine.sweeps.optuna_search import _refuse_secret_keys
+    from deepmine.sweeps.space import parse
+
+    space = parse(["optimizer.lr=interval(0.01, 0.1)", "+db.password=pw-12345"])
+    _refuse_secret_keys(space)  # accepted
+    assert list(space.distributions) == ["optimizer.lr"]
+    with pytest.raises(DeepmineError, match="api_key cannot be searched by Optuna"):
+        _refuse_secret_keys(parse(["+x.api_key=range(1, 3)"]))

@@ -44,13 +44,19 @@ def run(args: list[str]) -> int:
         print(f"no RUNNING run without its process in {store.uri}")
         return 0
     for state in orphans:
-        if ns.fix:
+        if ns.fix and state.state == doctor.ORPHANED:  # alive: stopped before it is closed
+            how = doctor.stop_orphaned(store, state)
+            print(f"{state.run_id}  {state.name}  {state.state}: {state.why}; {how}")
+        elif ns.fix:
             doctor.mark_killed(store, state)
             print(f"{state.run_id}  {state.name}  {state.state}: {state.why}; marked KILLED")
         else:
             print(f"{state.run_id}  {state.name}  {state.state}: {state.why}")
     if ns.fix:
-        print(f"{len(orphans)} run(s) marked KILLED; resume one with `deepmine train resume=<id>`")
+        print(f"{len(orphans)} run(s) closed KILLED; resume one with `deepmine train resume=<id>`")
         return 0
-    print(f"{len(orphans)} RUNNING run(s) without their process; `--fix` marks them KILLED")
+    print(
+        f"{len(orphans)} RUNNING run(s) without their process or sweep; `--fix` stops the "
+        "orphaned jobs and marks them KILLED"
+    )
     return EXIT_FAILED

@@ -9,6 +9,7 @@ replayed, so commands that re-run a recorded run ask for the key again (`unmaske
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 
@@ -18,7 +19,8 @@ MASK = "***"
 _WORDS = ("password", "passwd", "token", "secret", "api_key", "apikey", "credential")
 _ENV = re.compile(r"\$\{oc\.env:\s*([^,}\s]+)")
 _ENV_ONLY = re.compile(r"^\$\{oc\.env:[^,}]+\}$")  # an env reference without a default
-_URL_PASSWORD = re.compile(r"[a-z][\w+.-]*://[^:/@\s]+:([^@/\s]+)@")
+# (`\\://`: Hydra escapes the colons of an override in what it logs)
+_URL_PASSWORD = re.compile(r"[a-z][\w+.-]*\\?://[^:/@\s]+:([^@/\s]+)@")
 _SHORTEST = 4  # literal values shorter than this are not hunted for inside other text
 
 
@@ -97,6 +99,31 @@ def mask_text(yaml_text: str, values: Iterable[str] = ()) -> str:
     values = {v for v in values if len(v) >= _SHORTEST and v != MASK}
     masked = _masked(data, (), set(), values)
     return yaml.safe_dump(masked, sort_keys=False, allow_unicode=True)
+
+
+def mask_yaml_file(path, values: Iterable[str] = ()) -> bool:
+    """Rewrite the YAML file `path` masked (`mask_text`) when it holds a secret; whether it did.
+
+    Hydra writes `.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml` (and a sweep's
+    `multirun.yaml`) with the values as given, before deepmine's code runs: the output folders
+    would keep in clear what the store never holds. The new text replaces the old one by a
+    rename, so the file is never seen half-written."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    text = path.read_text()
+    masked = mask_text(text, values)
+    if yaml.safe_load(masked) == yaml.safe_load(text):
+        return False  # nothing secret in it: Hydra's own text stays, byte for byte
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.masking")
+    scratch.write_text(masked)
+    os.replace(scratch, path)
+    return True
 
 
 def unmasked_overrides(
@@ -227,3 +254,45 @@ def _masked(data, path: tuple, env_paths: set, values: set):
             return data if MASK in value else f"{key}={MASK}"
         return data
     return data
+
+
+#: the loggers of Hydra's launchers (and deepmine's), which log each job's overrides
+LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+    "hydra_plugins.deepmine_launchers._jobs",
+)
+
+
+@contextlib.contextmanager
+def masked_logs(values: Iterable[str] = (), loggers: Iterable[str] = LAUNCHER_LOGGERS):
+    """Within the block, what `loggers` log has secret `key=value` items, URL passwords and
+    the known `values` masked.
+
+    Hydra's launchers log each job's overrides as they start it (`#0 : +db.password=...`), to
+    the console a sweep's output is captured from (CI logs, `nohup.out`, SLURM's .out files).
+    The filter sits on the loggers themselves: Hydra replaces the handlers when it configures
+    each job's logging."""
+    import logging
+
+    values = set(values)
+
+    class Masking(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            with contextlib.suppress(Exception):  # a log line must never break the sweep
+                message = record.getMessage()
+                masked = " ".join(mask_overrides(message.split(" "), values))
+                if masked != message:
+                    record.msg, record.args = masked, ()
+            return True
+
+    masking = Masking()
+    found = [logging.getLogger(name) for name in loggers]
+    for logger in found:
+        logger.addFilter(masking)
+    try:
+        yield
+    finally:
+        for logger in found:
+            logger.removeFilter(masking)

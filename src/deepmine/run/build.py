@@ -89,9 +89,41 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
         # through launcher=slurm, which does use srun, so the hint only misleads
         warnings.filterwarnings("ignore", message="The `srun` command is available")
         trainer = checked_instantiate(
-            cfg.trainer, callbacks=callbacks, logger=False, **handed_over, **_cluster_plugins()
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=False,
+            **handed_over,
+            **_cluster_plugins(),
+            **_ddp_by_name(cfg.trainer.get("strategy")),
         )
     return Parts(datamodule, task, trainer)
+
+
+def _ddp_by_name(strategy) -> dict:
+    """`trainer.strategy=ddp` (or `ddp_find_unused_parameters_true|false`) as a string gets
+    deepmine's DDPStrategy, with the same settings Lightning's registry gives the name.
+
+    Lightning would build its own DDPStrategy from the name, whose SIGTERM handler can hang rank
+    0 (`deepmine.runtime.distributed.DDPStrategy`); how the strategy is spelled must not decide
+    whether SIGTERM stops the run. Spawned and forked variants (`ddp_spawn`, `ddp_fork`, ...)
+    are left to Lightning: deepmine does not start their ranks."""
+    if not isinstance(strategy, str):
+        return {}
+    from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    # (the registry's own `get` builds a strategy; its entries hold the class and settings)
+    if strategy not in StrategyRegistry.available_strategies():
+        return {}
+    entry = StrategyRegistry[strategy]
+    if not entry or entry["strategy"] is not LightningDDPStrategy:
+        return {}
+    settings = dict(entry["init_params"])
+    if settings.pop("start_method", "popen") != "popen":
+        return {}
+    from deepmine.runtime.distributed import DDPStrategy
+
+    return {"strategy": DDPStrategy(**settings)}
 
 
 def _cluster_plugins() -> dict:

@@ -117,6 +117,10 @@ def report_errors(task):
 
     @functools.wraps(task)
     def wrapper(cfg):
+        from deepmine.run.records import mask_hydra_files
+
+        # every Hydra task passes here first: Hydra has just written .hydra/* in clear
+        mask_hydra_files(cfg)
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         prefix = f"job {HydraConfig.get().job.num}: " if multirun else ""
         try:

@@ -1,7 +1,8 @@
 """A DDP rank > 0, started by deepmine itself (`deepmine.runtime.distributed.ranks`) or by srun as
 a task of a SLURM job (`train_rank`): it builds the same parts from the same config and fits and
 tests beside rank 0. An internal entry point,
-run as `python -m deepmine.run.rank <resolved config> <parent pid>`, not a command.
+run as `python -m deepmine.run.rank <resolved config file, or - for stdin> <parent pid>`, not a
+command. deepmine hands the config over on stdin: it holds the run's secrets in clear.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from omegaconf import OmegaConf
 
 
 def run_rank(config_path: str) -> None:
-    """Rank > 0 that deepmine started: the resolved config rank 0 wrote."""
+    """Rank > 0 that deepmine started: the resolved config rank 0 wrote (`-`: on stdin)."""
     from deepmine.config import register_resolvers
 
     register_resolvers()
-    train_rank(OmegaConf.load(config_path))
+    train_rank(OmegaConf.load(sys.stdin if config_path == "-" else config_path))
 
 
 def train_rank(cfg) -> None:

@@ -169,3 +169,24 @@ def record_pruned(run, parts, exc: BaseException, output_dir: Path) -> None:
     run.log_file(
         learning_curves_png(history, plots / "learning_curves.png", title, metric), "plots"
     )
+
+
+def mask_hydra_files(cfg: DictConfig) -> None:
+    """Mask the secrets in the files Hydra wrote into this job's `.hydra/` folder (config.yaml,
+    hydra.yaml, overrides.yaml) before the task runs: Hydra writes them with the values as
+    given, and the output folders outlive the run (they are copied, shared, archived). The
+    config that trains is not changed. Never fails the job: a config that cannot resolve (what
+    its error will be about) is masked from the overrides and the files' own secret keys."""
+    from deepmine.provenance.secrets import mask_yaml_file, secret_values
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is None:
+        return
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        values = secret_values(cfg, overrides)
+    except Exception:
+        values = secret_values(None, overrides)
+    folder = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        mask_yaml_file(folder / name, values)

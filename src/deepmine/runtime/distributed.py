@@ -118,8 +118,9 @@ def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
         )
     folder = output_dir / "ddp"
     folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / "config.yaml"
-    OmegaConf.save(cfg, config_path, resolve=True)
+    # each rank reads the resolved config on its stdin, not from a file: it holds the run's
+    # secrets in clear (only what is recorded is masked), and the output folder outlives the run
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
     common = {
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()),
@@ -132,14 +133,14 @@ def ranks(cfg: DictConfig, output_dir: Path) -> Iterator[int]:
         log = (folder / f"rank{rank}.log").open("w")
         env = {**os.environ, **common, "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": str(threads)}
         # the rank dies with this process however it ends (see `interrupts.die_with_parent`)
-        command = [
-            sys.executable,
-            "-m",
-            RANK_MODULE,
-            str(config_path),
-            str(os.getpid()),
-        ]
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", RANK_MODULE, "-", str(os.getpid())]
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        with contextlib.suppress(BrokenPipeError):  # a rank that died at once: _stop says so
+            process.stdin.write(config_text)
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
         started.append((rank, process, log))
     saved = {k: os.environ.get(k) for k in RANK_ENV}
     os.environ.update(common, LOCAL_RANK="0")

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from deepmine.sweeps.record import SweepFailed, SweepInfo, SweepRecord, failure_line
+from deepmine.sweeps.record import (
+    SweepFailed,
+    SweepInfo,
+    SweepRecord,
+    failure_line,
+    forget_job_pickles,
+)
 from deepmine.sweeps.summary import JobRow
 
 
@@ -30,7 +36,12 @@ def run_grid(sweeper, arguments: list[str]) -> list:
 
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    # Hydra's basic sweeper saves it in clear; the sweep folder keeps it, so it is masked
+    from deepmine.provenance.secrets import mask_text, masked_logs
+    from deepmine.sweeps.record import sweep_secrets
+
+    multirun = mask_text(OmegaConf.to_yaml(config), sweep_secrets(config))
+    (sweep_dir / "multirun.yaml").write_text(multirun)
     info = SweepInfo(
         sweep_id=f"{config.task_name}-grid-{sweep_dir.parent.name}-{sweep_dir.name}",
         kind="grid",
@@ -39,10 +50,11 @@ def run_grid(sweeper, arguments: list[str]) -> list:
     )
     record = SweepRecord(config, info, [o.input_line for o in overrides if o.is_sweep_override()])
     returns, jobs = [], []
-    with record.opened():
+    with record.opened(), masked_logs(record.secrets):
         first = 0
         for batch in batches:
             results = sweeper.launcher.launch(batch, initial_job_idx=first)
+            forget_job_pickles(config)
             returns.append(results)
             jobs.extend(zip(range(first, first + len(batch)), batch, results, strict=True))
             first += len(batch)

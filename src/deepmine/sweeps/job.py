@@ -51,7 +51,10 @@ class SweepJob:
     def params(self) -> dict[str, str]:
         """The swept overrides as params under `sweep.`: in MLflow's compare view of the
         children these are the columns that differ."""
-        return {f"sweep.{k}": str(v) for k, v in self.swept_values().items()}
+        from deepmine.sweeps.names import bare_key
+
+        # `+x.y=a,b` sweeps a new key: MLflow refuses a `+` in a param's name
+        return {f"sweep.{bare_key(k)}": str(v) for k, v in self.swept_values().items()}
 
     def callbacks(self) -> list:
         """Optuna's Lightning pruning callback, reporting to this job's trial, when the search

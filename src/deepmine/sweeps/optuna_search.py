@@ -37,7 +37,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from deepmine.errors import DeepmineError
-from deepmine.sweeps.record import SweepFailed, SweepInfo, SweepRecord, failure_line
+from deepmine.sweeps.record import (
+    SweepFailed,
+    SweepInfo,
+    SweepRecord,
+    failure_line,
+    forget_job_pickles,
+)
 from deepmine.sweeps.space import parse
 from deepmine.sweeps.summary import JobRow
 
@@ -83,6 +89,7 @@ def _checked(sweeper, arguments: list[str]) -> Search:
             "give ranges in hydra.sweeper.params or as sweep overrides, e.g. "
             "'optimizer.lr=tag(log, interval(1e-4, 1e-2))'",
         )
+    _refuse_secret_keys(space)
     direction = settings.direction
     if direction not in DIRECTIONS:
         raise DeepmineError(
@@ -91,6 +98,27 @@ def _checked(sweeper, arguments: list[str]) -> Search:
         )
     study_name, resume = _study_name(settings.study_name, sweeper.config.get("resume"))
     return Search(space, [*lines, *arguments], direction, study_name, resume, settings.storage)
+
+
+def _refuse_secret_keys(space) -> None:
+    """A secret key (`+db.password=choice(a,b)`) is refused in the search space before the
+    study exists: Optuna's storage keeps each trial's value of it (a float's or int's value as
+    is, a categorical's index with the list of choices in the distribution's JSON), in clear,
+    for as long as the study lives; masking the stored choices would hand the sampler, and a
+    resumed or shared study's jobs, `***` instead of the value. A secret is not something to
+    optimize: it takes one value (masked everywhere), or a grid sweeps its values (masked in
+    every record)."""
+    from deepmine.provenance.secrets import is_secret_key
+
+    secret = [key for key in space.distributions if is_secret_key(key)]
+    if secret:
+        names = ", ".join(k.lstrip("+~") for k in secret)
+        raise DeepmineError(
+            f"the secret {names} cannot be searched by Optuna: its study storage would keep "
+            "every value of it in clear",
+            f"give it one value ({secret[0]}=<value>), or sweep its values with the grid "
+            f"sweeper (hparams_search=grid {secret[0]}=<a>,<b>)",
+        )
 
 
 def _run_alone(sweeper, search: Search) -> list:
@@ -145,7 +173,10 @@ def _run_alone(sweeper, search: Search) -> list:
     pinned = [f"hydra.sweep.dir={sweep_dir}"]  # a resumed search keeps its folder
     pin_sweep_dir(config, sweep_dir)
     returns = []
-    with record.opened(reopen_run_id=attrs.get("deepmine.parent_run_id") if resume else None):
+    from deepmine.provenance.secrets import masked_logs
+
+    reopen = attrs.get("deepmine.parent_run_id") if resume else None
+    with record.opened(reopen_run_id=reopen), masked_logs(record.secrets):
         study.set_user_attr("deepmine.sweep_dir", str(sweep_dir))
         study.set_user_attr("deepmine.direction", direction)
         if record.parent is not None:
@@ -162,6 +193,7 @@ def _run_alone(sweeper, search: Search) -> list:
                 except BaseException:
                     interrupt(study, [t for t in trials if is_running(study, t.number)])
                     raise
+                forget_job_pickles(config)
                 returns.append(results)
                 for trial, result in zip(group, results, strict=True):
                     tell(study, trial, result, record.mask)

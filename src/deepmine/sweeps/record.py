@@ -111,6 +111,19 @@ def sweep_secrets(config: DictConfig) -> set[str]:
     return secret_values(_task(config), overrides) | secret_values({"storage": str(storage)})
 
 
+def forget_job_pickles(config: DictConfig) -> None:
+    """Delete the pickles a submitit launcher left for jobs it has returned: `*_submitted.pkl`
+    is the job's whole config and `*_result.pkl` its Hydra JobReturn, both with the secrets in
+    clear (the job needs the real values). Once `launch` returned, nothing reads them again;
+    the jobs' logs (`*_log.out`, `*_log.err`) stay. Only this sweep's own folder is touched."""
+    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
+    if not folder or "%j" not in str(folder):
+        return
+    root = Path(str(folder).split("%j", 1)[0])
+    for path in root.glob("*/*.pkl"):
+        path.unlink(missing_ok=True)
+
+
 class SweepRecord:
     """Opens the parent run, lets the sweeper launch, and closes it with the summary."""
 
@@ -189,7 +202,10 @@ class SweepRecord:
 
         space = self._space()
         parent.log_params(honest_params(task_config(self.config), self.swept_params()))
-        parent.log_params({f"sweep.space.{line.split('=')[0]}": line for line in space})
+        from deepmine.sweeps.names import bare_key
+
+        # `+x.api_token=a,b` sweeps a new key: MLflow refuses a `+` in a param's name
+        parent.log_params({f"sweep.space.{bare_key(line.split('=')[0])}": line for line in space})
         parent.log_text("\n".join(space) + "\n", "sweep/space.txt")
         multirun = mask_text(OmegaConf.to_yaml(self.config), self.secrets)
         parent.log_text(multirun, "sweep/multirun.yaml")
@@ -332,7 +348,12 @@ class SweepRecord:
             if best:
                 tags["deepmine.sweep.best_run_id"] = best.run_id
                 tags["deepmine.sweep.best_job"] = str(best.job)
-                tags.update({f"deepmine.sweep.best.{k}": str(v) for k, v in best.params.items()})
+                from deepmine.sweeps.names import bare_key
+
+                best_tags = {
+                    f"deepmine.sweep.best.{bare_key(k)}": v for k, v in best.params.items()
+                }
+                tags.update({k: str(v) for k, v in best_tags.items()})
                 metrics[f"best/{objective_name}"] = best.objective
             config = summary.best_config
             if config:

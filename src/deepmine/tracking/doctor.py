@@ -10,15 +10,20 @@ stays RUNNING in MLflow forever. Every run deepmine opens carries a heartbeat
   is older than `stale_after_s`;
 - a RUNNING run without a heartbeat (recorded before heartbeats, or by another tool) is
   `unknown` and never touched;
+- a sweep's child on this host whose process is alive while the process that launched it (its
+  sweep's controller: the parent run's heartbeat pid, or the shared Optuna worker named on the
+  child) is gone is `orphaned`: a SIGKILLed `launcher=submitit_local` controller leaves its
+  jobs running, each still training (and beating) for a sweep that no longer exists;
 - a run of a SLURM job (tag `deepmine.slurm.job_id`) is asked about in the queue first, which
   knows jobs on every node: it is `dead` when its job has left the queue or ended, whatever its
   heartbeat says. That also covers a run parked SCHEDULED by a preempted job whose next
   attempt never came (the job was cancelled while pending). Where `squeue` cannot answer (not
   installed, no SLURM_CONF), the heartbeat decides as for any run.
 
-`fix` closes orphans as KILLED with `deepmine.status_reason` saying why, and touches nothing
-else: metrics, artifacts and the checkpoints beside them stay, so `deepmine train
-resume=<run id>` continues the run.
+`fix` closes orphans as KILLED with `deepmine.status_reason` saying why (an orphaned job's
+process is first sent SIGTERM, so it closes its run KILLED itself, then SIGKILL if it does not
+end in time), and touches nothing else: metrics, artifacts and the checkpoints beside them
+stay, so `deepmine train resume=<run id>` continues the run.
 """
 
 from __future__ import annotations
@@ -40,8 +45,12 @@ from deepmine.tracking.store import Store, connect
 OPEN_STATUSES = ("RUNNING", "SCHEDULED")
 #: A heartbeat is refreshed every 30 s; ten missed beats make a run on another host stale.
 STALE_AFTER_S = 300.0
-ALIVE, DEAD, STALE, UNKNOWN = "alive", "dead", "stale", "unknown"
-ORPHANS = (DEAD, STALE)
+ALIVE, DEAD, STALE, UNKNOWN, ORPHANED = "alive", "dead", "stale", "unknown", "orphaned"
+ORPHANS = (DEAD, STALE, ORPHANED)
+#: an orphaned job is given this long to close its own run after SIGTERM, before SIGKILL
+STOP_GRACE_S = 60.0
+#: on a child of a shared Optuna study: the worker (host:pid) that launched it
+WORKER_TAG = "deepmine.optuna.worker"
 REASON_TAG = "deepmine.status_reason"
 
 
@@ -160,7 +169,7 @@ def list_runs(
     names = {e.experiment_id: e.name for e in experiments}
     if not names:
         return []
-    states = []
+    states, parents = [], {}
     for status in OPEN_STATUSES if only_running else (None,):
         token = None
         while True:
@@ -172,7 +181,9 @@ def list_runs(
                 page_token=token,
             )
             for run in page:
-                states.append(run_state(run, names[run.info.experiment_id], stale_after_s))
+                state = run_state(run, names[run.info.experiment_id], stale_after_s)
+                _check_sweep(store, run, state, parents)
+                states.append(state)
             token = page.token
             if not token:
                 break
@@ -186,6 +197,74 @@ def find_orphans(
     SCHEDULED runs of SLURM jobs that left the queue."""
     running = list_runs(store, experiment, stale_after_s, only_running=True)
     return [state for state in running if state.orphan]
+
+
+def _check_sweep(store: Store, run, state: RunState, parents: dict, host: str | None = None):
+    """Mark `state` (an alive child of a sweep on this host) orphaned when its sweep's
+    controller process is gone. Only what this host can see is judged: a controller on another
+    host, a SLURM job (the queue owns it) or a job run inside its controller (same pid) is left
+    alone. `parents` caches the parent runs read."""
+    from deepmine.tracking.sweep import PARENT_TAG
+
+    tags = run.data.tags
+    parent_id = tags.get(PARENT_TAG)
+    here = host or socket.gethostname()
+    if state.state != ALIVE or not parent_id or state.host != here or tags.get(SLURM_JOB_TAG):
+        return
+    if tags.get(WORKER_TAG):  # a shared study's worker: the parent's heartbeat names any worker
+        where, _, pid = tags[WORKER_TAG].rpartition(":")
+        # the worker started before the child did: a later process holds a reused pid
+        since = datetime.fromtimestamp(run.info.start_time / 1000, UTC)
+    else:
+        if parent_id not in parents:
+            try:
+                parents[parent_id] = store.client.get_run(parent_id)
+            except Exception:  # a deleted parent: nothing to judge the controller by
+                parents[parent_id] = None
+        parent = parents[parent_id]
+        if parent is None:
+            return
+        where, pid = parent.data.tags.get(HEARTBEAT_HOST), parent.data.tags.get(HEARTBEAT_PID)
+        since = _time(parent.data.tags.get(HEARTBEAT_AT))
+    pid = _int(pid)
+    if where != here or pid is None or pid == state.pid:
+        return
+    gone = _process_gone(pid, since)
+    if gone:
+        state.state = ORPHANED
+        state.why = (
+            f"process {state.pid} is running, but its sweep's controller (process {pid}, "
+            f"parent run {parent_id}) {gone}"
+        )
+
+
+def stop_orphaned(store: Store, state: RunState, grace_s: float = STOP_GRACE_S) -> str:
+    """Stop the process of orphaned run `state` and see its run closed; says how it ended.
+
+    SIGTERM first: the job's own handler closes its run KILLED, with its last metrics. Only the
+    process the heartbeat names is signalled, and only while it is still the run's (its create
+    time is checked against the heartbeat, as for a dead run: a reused pid is never signalled).
+    A process still there after `grace_s` is SIGKILLed, and a run still open is marked KILLED."""
+    import psutil
+
+    how = "its process had ended already"
+    if state.pid is not None and not _process_gone(state.pid, state.heartbeat_at):
+        try:
+            process = psutil.Process(state.pid)
+            process.terminate()
+            try:
+                process.wait(grace_s)
+                how = f"process {state.pid} stopped by SIGTERM"
+            except psutil.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+                how = f"process {state.pid} SIGKILLed ({grace_s:.0f} s after SIGTERM)"
+        except psutil.NoSuchProcess:
+            pass
+    if store.client.get_run(state.run_id).info.status in OPEN_STATUSES:
+        mark_killed(store, state)
+        return f"{how}; marked KILLED"
+    return f"{how}; it closed its run {store.client.get_run(state.run_id).info.status}"
 
 
 def mark_killed(store: Store, state: RunState) -> None:

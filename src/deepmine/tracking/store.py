@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -232,17 +230,11 @@ class _InterruptSafeClient:
 
 def _check_server(uri: str) -> None:
     """Fail fast: MLflow's own client retries an unreachable server for minutes, and a server
-    that refuses our credentials would only fail once a run is open."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
-            pass
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DeepmineError(
-            f"MLflow tracking server {_shown(uri)} is unreachable ({reason})",
-            "start it (`mlflow server --host 127.0.0.1 --port 5000 ...`) or drop "
-            "logger.tracking_uri to use the local SQLite store",
-        ) from exc
+    that refuses our credentials would only fail once a run is open. `/health` is asked through
+    MLflow's own request code, so its TLS settings apply (`deepmine.tracking.probe`)."""
+    from deepmine.tracking.probe import check_health
+
+    check_health(uri, timeout_s=SERVER_TIMEOUT_S)
     _check_login(uri)
 
 
