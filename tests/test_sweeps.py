@@ -331,7 +331,10 @@ def test_submitit_local_runs_each_job_in_its_own_process(sandbox):
     pids = {c.data.tags["deepmine.host.pid"] for c in children}
     assert len(pids) == 2 and parent.data.tags["deepmine.host.pid"] not in pids
     sweep_dir = Path(parent.data.tags["deepmine.sweep.dir"])
-    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+    # each job ran under submitit (its log is there); its pickles, which hold the whole config
+    # and so any secret in it, are deleted once the jobs are back (test_secrets)
+    assert len(list((sweep_dir / ".submitit").glob("*/*_log.out"))) == 2
+    assert not list((sweep_dir / ".submitit").glob("*/*.pkl"))
 
 
 def test_ddp_on_cpu_is_one_run_per_job_even_inside_a_multirun(sandbox):

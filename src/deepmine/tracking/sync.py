@@ -18,8 +18,8 @@ source are left for a later sync. The source is only read.
 
 A spool run that continues a server's run after a mid-run failover
 (`deepmine.sync.continues`, see `deepmine.tracking.failover`) is completed into that run the
-same way, which joins the two parts. One module: every step of a copy shares the resume rule
-above, and split apart they would each have to restate it.
+same way, which joins the two parts. Why this is one module: every step of a copy shares the
+resume rule above, and split apart they would each have to restate it.
 """
 
 from __future__ import annotations
