@@ -10,7 +10,6 @@ filled values go into the config, so the run records the shapes it was built wit
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, open_dict
@@ -84,18 +83,14 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
         if getattr(task, "steps_per_call", 1) > 1
         else {}
     )
-    with warnings.catch_warnings():
-        # Lightning's hint to "prepend srun" wherever srun is installed: deepmine reaches SLURM
-        # through launcher=slurm, which does use srun, so the hint only misleads
-        warnings.filterwarnings("ignore", message="The `srun` command is available")
-        trainer = checked_instantiate(
-            cfg.trainer,
-            callbacks=callbacks,
-            logger=False,
-            **handed_over,
-            **_cluster_plugins(),
-            **_ddp_by_name(cfg.trainer.get("strategy")),
-        )
+    trainer = checked_instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=False,
+        **handed_over,
+        **_cluster_plugins(),
+        **_ddp_by_name(cfg.trainer.get("strategy")),
+    )
     return Parts(datamodule, task, trainer)
 
 

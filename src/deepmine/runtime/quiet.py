@@ -1,4 +1,5 @@
-"""Lines third-party libraries print that say nothing about the run.
+"""Lines third-party libraries print that say nothing about the run (and Lightning's SLURM hint,
+which misleads: see `silence_lightning_tips`).
 
 Lightning 2.6 logs an advertisement ("💡 Tip: For seamless cloud logging and experiment
 tracking, try installing [litlogger]...") at INFO every time a Trainer is built without its
@@ -11,6 +12,7 @@ would hide those too.
 from __future__ import annotations
 
 import logging
+import warnings
 
 #: the loggers Lightning's `rank_zero_info` writes to (lightning_utilities rebinds its logger
 #: to whichever Lightning package imported it last; all of them are covered)
@@ -38,3 +40,7 @@ def silence_lightning_tips() -> None:
     one process, and a logger keeps a filter only once)."""
     for name in RANK_ZERO_LOGGERS:
         logging.getLogger(name).addFilter(_FILTER)
+    # Lightning's hint to "prepend srun" wherever srun is installed, at every Trainer and
+    # every fit (checkpoint selection asks for SLURM again): deepmine reaches SLURM through
+    # launcher=slurm, which does use srun, so the hint only misleads
+    warnings.filterwarnings("ignore", message="The `srun` command is available")
