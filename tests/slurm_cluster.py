@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import netns
 import psutil
 import pytest
 
@@ -145,13 +146,9 @@ class SlurmCluster:
     def conf(self) -> Path:
         return self.folder / "slurm.conf"
 
-    @property
-    def netns(self) -> str:
-        return f"/proc/{self.holder.pid}/ns/net"
-
     def inside(self, *command: str) -> list[str]:
         """`command` run inside the cluster's network namespace."""
-        return ["nsenter", f"--net={self.netns}", "--", *command]
+        return [*netns.enter(self.holder), *command]
 
     def env(self, base: dict | None = None) -> dict[str, str]:
         return {**(base if base is not None else os.environ), "SLURM_CONF": str(self.conf)}
@@ -183,16 +180,7 @@ class SlurmCluster:
 
     def namespace_members(self) -> list[psutil.Process]:
         """Every process in the cluster's network namespace: daemons, jobs, job steps, clients."""
-        try:
-            target = os.readlink(self.netns)
-        except OSError:
-            return []
-        found = []
-        for process in psutil.process_iter():
-            with contextlib.suppress(OSError, psutil.Error):
-                if os.readlink(f"/proc/{process.pid}/ns/net") == target:
-                    found.append(process)
-        return found
+        return netns.members(self.holder)
 
     def loopback_only(self) -> tuple[list[str], list[str]]:
         """(the namespace's interface addresses, every socket's local and peer address):
@@ -220,18 +208,8 @@ def start_cluster() -> SlurmCluster:
     folder = Path(tempfile.mkdtemp(prefix="deepmine-slurm-"))
     folder.chmod(0o755)  # munged insists that everyone can reach its socket
     started = time.monotonic()
-    holder = subprocess.Popen(
-        ["unshare", "--net", "--", "sleep", "infinity"], start_new_session=True
-    )
-    cluster = SlurmCluster(folder, holder)
+    cluster = SlurmCluster(folder, netns.start_holder())
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(cluster.netns) or os.readlink(cluster.netns) == os.readlink(
-            "/proc/self/ns/net"
-        ):
-            assert time.monotonic() < deadline, "unshare --net did not make a namespace"
-            time.sleep(0.02)
-        subprocess.run(cluster.inside("ip", "link", "set", "lo", "up"), check=True, timeout=30)
         # SLURM binds its listeners through getaddrinfo(AI_ADDRCONFIG), which answers nothing
         # where the only IPv4 address is 127.0.0.1; glibc counts any other, so a second
         # loopback address (127.0.0.0/8 never leaves the host) makes it answer

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import netns
 import psutil
 import pytest
 import yaml
@@ -49,16 +50,6 @@ ADDRESS = f"127.0.0.1:{PORT}"
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
-
-#: holds the namespace open: brings its loopback up (SIOCSIFFLAGS: up, loopback, running) and
-#: sleeps; no iproute2 needed
-HOLDER = r"""
-import fcntl, socket, struct, time
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x8 | 0x40))
-print("up", flush=True)
-time.sleep(1e9)
-"""
 
 #: in the namespace: wait for the head, join as a driver, wait for `want` nodes, print their ids
 PROBE = r"""
@@ -111,7 +102,7 @@ class Cluster:
 
     @property
     def enter(self) -> list[str]:
-        return ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "--"]
+        return netns.enter(self.holder)
 
     def sessions(self) -> set[int]:
         return {self.holder.pid, *(node.pid for node in self.nodes)}
@@ -220,20 +211,10 @@ def cluster():
         import ray  # noqa: F401
     except ImportError:
         pytest.fail('Ray is not installed: run `pip install -e ".[ray]"`')
+    holder = netns.start_holder()
     # short: Ray's Unix sockets live under it (a socket path must stay under 107 bytes)
     tmp = Path(tempfile.mkdtemp(prefix="dm-ray-", dir="/tmp"))
     (tmp / "node-cwd").mkdir()
-    holder = subprocess.Popen(
-        ["unshare", "--net", sys.executable, "-c", HOLDER],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    if holder.stdout.readline().strip() != "up":
-        holder.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.fail(f"no network namespace for the cluster (needs root): {holder.stderr.read()}")
     cluster = Cluster(tmp, holder)
     try:
         started = time.monotonic()
