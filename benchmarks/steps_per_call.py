@@ -1,9 +1,11 @@
 """Lightning's per-step tax and `task.steps_per_call`: epoch time of the hand-written loop, of
-`deepmine train` as it is (k=1), with `task.steps_per_call=k`, and (`--callbacks`) with the
-per-step default callbacks switched off, interleaved in one process, as ratios of medians to
-the hand-written loop, and to the hand-written loop doing the same work (deterministic
-algorithms, uint8 images scaled per batch, the training scores' sums: see common.py, also for
-what an "epoch" is on each side).
+`deepmine train` as it is (the default, `auto`: k batches a step, fetched as one block), with
+Lightning's own loop (`task.steps_per_call=1`), with k batches a step fetched one by one (the
+k-batch loop before blocks: `fast_path.hand_training_batches` switched off in this process),
+and (`--callbacks`) with the per-step default callbacks switched off, interleaved in one
+process, as ratios of medians to the hand-written loop, and to the hand-written loop doing the
+same work (deterministic algorithms, uint8 images scaled per batch, the training scores' sums:
+see common.py, also for what an "epoch" is on each side).
 
     python benchmarks/steps_per_call.py --net seed_mlp --batch-size 32 --callbacks
     python benchmarks/steps_per_call.py --net cnn --batch-size 128 --epochs 2 --rounds 2
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +33,25 @@ from common import deepmine_run, hand_written_epochs, median, save, temp_store
 SAME_WORK = "hand-written, same work"
 FEWER_CALLBACKS = ["callbacks.finite_loss=null", "callbacks.progress_bar=null"]
 FEWER_CALLBACKS.append("callbacks.rng_state=null")
+#: the variant that fetches its k batches one by one (`fetch_per_batch`)
+PER_BATCH = "k={k}, a fetch per batch"
+#: `deepmine train` as every user gets it
+DEFAULT = "default (auto: k=8, a fetch per block)"
+
+
+@contextmanager
+def fetch_per_batch(on: bool):
+    """k batches a step, each fetched through Lightning's chain (no blocks): how
+    `task.steps_per_call=k` ran before the loader handed blocks."""
+    from deepmine.run import fast_path
+
+    handed = fast_path.hand_training_batches
+    if on:
+        fast_path.hand_training_batches = lambda cfg, datamodule, steps: {}
+    try:
+        yield
+    finally:
+        fast_path.hand_training_batches = handed
 
 
 def use_cpu_clock() -> None:
@@ -72,10 +94,15 @@ def main() -> None:
         f"trainer.max_epochs={args.epochs}",
         "logger=mlflow",
     ]
-    variants = {"k=1": base, f"k={args.k}": [*base, f"task.steps_per_call={args.k}"]}
+    per_batch = PER_BATCH.format(k=args.k)
+    variants = {
+        "k=1": [*base, "task.steps_per_call=1"],
+        per_batch: [*base, f"task.steps_per_call={args.k}"],
+        DEFAULT: base,
+    }
     if args.callbacks:
-        variants["k=1, fewer callbacks"] = [*base, *FEWER_CALLBACKS]
-        variants[f"k={args.k}, fewer callbacks"] = [*variants[f"k={args.k}"], *FEWER_CALLBACKS]
+        variants["k=1, fewer callbacks"] = [*variants["k=1"], *FEWER_CALLBACKS]
+        variants["default, fewer callbacks"] = [*base, *FEWER_CALLBACKS]
     epochs: dict[str, list[float]] = {"hand-written": [], SAME_WORK: []}
     epochs.update({name: [] for name in variants})
     for round_ in range(args.rounds):
@@ -86,7 +113,9 @@ def main() -> None:
             args.net, args.batch_size, args.epochs, seed=round_, same_work=True
         )
         for name, overrides in variants.items():
-            epochs[name] += deepmine_run([*overrides, f"seed={round_}"], store)["epoch_seconds"]
+            with fetch_per_batch(name == per_batch):
+                run = deepmine_run([*overrides, f"seed={round_}"], store)
+            epochs[name] += run["epoch_seconds"]
         print(
             f"round {round_}: " + ", ".join(f"{n} {v[-args.epochs :]}" for n, v in epochs.items())
         )

@@ -1,5 +1,7 @@
 """`task.steps_per_call=k`: k optimizer steps inside one Lightning step train the same net as
-Lightning's own loop, bit for bit, and log the same metrics at the same steps."""
+Lightning's own loop, bit for bit, and log the same metrics at the same steps. `auto`, the
+default, is 8 with the training batches fetched as blocks of 8 (`TensorBatches(block=8)`), and 1,
+said in one line, where k > 1 would not be the same run (`deepmine.run.fast_path`)."""
 
 from __future__ import annotations
 
@@ -25,15 +27,22 @@ CONFIG = (
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The same seed trained with k=1 (Lightning's loop) and k=8: `{k: (sandbox, run)}`."""
+    """The same seed trained with k=1 (Lightning's loop) and as every run is by default
+    (`auto`: k=8, blocks of 8 batches): `{k: (sandbox, run)}`."""
     runs = {}
-    for k in (1, 8):
+    for k, override in ((1, ("task.steps_per_call=1",)), (8, ())):
         box = Sandbox(tmp_path_factory.mktemp(f"k{k}"))
-        proc = box.train(*CONFIG, f"task.steps_per_call={k}")
+        proc = box.train(*CONFIG, *override)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "task.steps_per_call=auto is 1" not in proc.stderr
         (run,) = box.runs()
         runs[k] = box, run
     return runs
+
+
+def test_the_default_is_eight_batches_a_step_and_the_run_records_it(two_runs):
+    assert two_runs[8][1].data.params["task.steps_per_call"] == "8"
+    assert two_runs[1][1].data.params["task.steps_per_call"] == "1"
 
 
 def _last_checkpoint(box: Sandbox) -> dict:
@@ -224,3 +233,155 @@ def test_clipping_and_accumulation_on_the_direct_path_and_through_lightnings_dis
             assert torch.equal(tensor, task.state_dict()[name]), name
     unclipped, _ = _fit_digits(8, accumulate=3)  # clipping did act
     assert not all(torch.equal(t, unclipped.state_dict()[n]) for n, t in own.state_dict().items())
+
+
+# --- blocks: one fetch for k batches ------------------------------------------------------
+
+
+class _Shift:
+    """A transform that is not elementwise-declared (runs batch by batch): adds the batch's
+    own mean, so a wrong grouping of rows would show."""
+
+    def __call__(self, x):
+        x = x.to(torch.float32)
+        return x + x.mean()
+
+
+@pytest.mark.parametrize("transform", [None, "normalize", "shift"])
+@pytest.mark.parametrize(("features", "batch_size", "max_batches"), [(8, 32, None), (3, 5, 7)])
+def test_blocks_hold_the_same_batches_in_the_same_order(
+    transform, features, batch_size, max_batches
+):
+    """A blocked epoch is the unblocked epoch's batches, grouped: the same rows, values and
+    dtypes, aligned as fresh tensors (3 float features x 5 rows = 60 bytes: copied), with the
+    batch limit counted in batches; the next epoch reshuffles the same way."""
+    from deepmine.data.batches import ALIGNMENT, BatchBlock, Normalize, TensorBatches
+
+    x = torch.arange(101 * features, dtype=torch.float32).reshape(101, features)
+    y = torch.arange(101)
+    made = {None: None, "normalize": Normalize(2.0, 1.0, 3.0), "shift": _Shift()}[transform]
+
+    def loader(block):
+        return TensorBatches(
+            x, y, batch_size, shuffle=True, seed=3, transform=made, block=block,
+            max_batches=max_batches,
+        )  # fmt: skip
+
+    one, blocked = loader(1), loader(4)
+    assert blocked.batches() == one.batches() == len(one)
+    assert len(blocked) == -(-len(one) // 4)
+    for _epoch in range(2):
+        flat = list(one)
+        blocks = list(blocked)
+        assert all(isinstance(b, BatchBlock) for b in blocks)
+        assert [b.first for b in blocks] == list(range(0, len(flat), 4))
+        grouped = [batch for block in blocks for batch in block]
+        assert len(grouped) == len(flat)
+        for (bx, by), (fx, fy) in zip(grouped, flat, strict=True):
+            assert torch.equal(bx, fx) and torch.equal(by, fy) and bx.dtype == fx.dtype
+            assert bx.data_ptr() % ALIGNMENT == 0 and by.data_ptr() % ALIGNMENT == 0
+
+
+def _compose(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import ROOT
+    from deepmine.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+#: a few epochs of digits, quiet, in this process
+QUIET = (
+    "data=digits",
+    "logger=none",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "+trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
+)
+
+
+def _fit(tmp_path, *overrides):
+    """`deepmine train`'s build and fit in this process: `(parts, weights)`."""
+    from deepmine.run.build import build
+    from deepmine.runtime.seeding import seed_everything
+
+    cfg = _compose(tmp_path, *QUIET, *overrides)
+    seed_everything(cfg.seed, deterministic=True)
+    parts = build(cfg)
+    parts.trainer.fit(parts.task, datamodule=parts.datamodule)
+    return parts, parts.task.state_dict()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # debug=fast's count limit, applied by the loader (Lightning would count blocks)
+        ("+trainer.limit_train_batches=13",),
+        # the augmentation draws its randomness batch by batch, as in Lightning's loop
+        ("augment=standard", "+trainer.limit_train_batches=10"),
+    ],
+    ids=["batch_limit", "augmented"],
+)
+def test_blocks_train_what_lightnings_loop_trains(tmp_path, extra):
+    own, own_weights = _fit(tmp_path / "one", "task.steps_per_call=1", *extra)
+    auto, auto_weights = _fit(tmp_path / "auto", *extra)
+    assert auto.task.steps_per_call == 8 and auto.datamodule.train_block == 8
+    assert auto.trainer.limit_train_batches == 1.0  # the loader counts the batches
+    assert own.trainer.global_step == auto.trainer.global_step == 2 * int(extra[-1][-2:])
+    for name, tensor in own_weights.items():
+        assert torch.equal(tensor, auto_weights[name]), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (("trainer=ddp",), "more than one device (DDP)"),
+        (("trainer.precision=bf16-mixed",), "trainer.precision=bf16-mixed"),
+        (("+trainer.val_check_interval=5",), "trainer.val_check_interval=5 counts"),
+        (("+trainer.overfit_batches=2",), "trainer.overfit_batches counts"),
+        (
+            ("+callbacks.model_checkpoint.every_n_train_steps=10",),
+            "callback ModelCheckpoint acts on every training batch",
+        ),
+        (("scheduler=step", "callbacks.lr_monitor.logging_interval=step"), "LearningRateMonitor"),
+        (("task.steps_per_call=3",), None),  # a number is taken as it is
+        ((), None),
+        (("scheduler=step",), None),  # the epoch-interval monitor does not count batches
+    ],
+)
+def test_auto_says_why_it_is_one(tmp_path, overrides, reason):
+    from deepmine.run import fast_path
+    from deepmine.run.build import build_callbacks
+
+    cfg = _compose(tmp_path, "data=digits", *overrides)
+    found = fast_path.why_not(cfg, build_callbacks(cfg))
+    if reason is None:
+        assert found is None
+        steps = fast_path.resolve(cfg, build_callbacks(cfg))
+        assert (
+            steps == cfg.task.steps_per_call == (3 if "task.steps_per_call=3" in overrides else 8)
+        )
+    else:
+        assert reason in found
+        assert fast_path.resolve(cfg, build_callbacks(cfg)) == cfg.task.steps_per_call == 1
+
+
+def test_a_callback_on_every_batch_gets_one_batch_a_step_and_a_line(sandbox):
+    proc = sandbox.train(
+        "debug=fast", "data=digits", "+callbacks.model_checkpoint.every_n_train_steps=2"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "task.steps_per_call=auto" in line]
+    assert lines == [
+        "task.steps_per_call=auto is 1 (one batch per step): callback ModelCheckpoint acts on "
+        "every training batch (on_train_batch_end: every_n_train_steps/train_time_interval); "
+        "set task.steps_per_call=8 to call it once per 8 batches"
+    ]
+    (run,) = sandbox.runs()
+    assert run.data.params["task.steps_per_call"] == "1"

@@ -12,6 +12,13 @@ shards keep every sample once, so metrics synced across ranks cover the whole sp
 A `transform` (normalization, augmentation) runs on each whole batch after it is cut, never per
 sample.
 
+With `block=k` (the training split under `task.steps_per_call=k`) each item is a `BatchBlock`
+of up to k consecutive batches, gathered in one indexing operation and cut into the batches
+it holds, so Lightning's fetch chain (four wrapped iterators, ~35 µs) runs once per k
+batches: the training step iterates over the block. The batches are the same rows in the same
+order as without blocks; `max_batches` stops after that many batches, as Lightning's
+`limit_train_batches` would (it counts blocks, not batches, so it is applied here).
+
 `x` may also be `MappedRows` (`data.storage=mmap`): rows of a memory-mapped `.npy` file picked
 by an index, so a split is a view of the file, not a copy, and indexing it reads only the batch.
 """
@@ -35,6 +42,10 @@ class Normalize:
     The operations are the ones a whole-tensor normalization would do, in the same order, so a
     batch normalized here equals the same rows of the normalized tensor bit for bit.
     """
+
+    #: each value depends on its own input value only: a block of batches may be normalized
+    #: in one call (`TensorBatches._blocks`)
+    elementwise = True
 
     def __init__(
         self,
@@ -168,6 +179,43 @@ class _RowFile:
         return {**self.__dict__, "_fd": None, "_pid": None}
 
 
+#: bytes a batch's first row is aligned to when it is a view into a block's gathered rows: a
+#: fresh CPU tensor is 64-byte aligned, and some matrix kernels take another path (summing in
+#: another order) on unaligned input, so a batch that would start unaligned is copied
+ALIGNMENT = 64
+
+
+class BatchBlock(tuple):
+    """Up to k consecutive `(x, y)` batches of one epoch, one item of a blocked `TensorBatches`;
+    `first` is the epoch's index of its first batch."""
+
+    first: int
+
+    def __new__(cls, batches, first: int):
+        block = super().__new__(cls, batches)
+        block.first = first
+        return block
+
+
+def _rows(x, index: torch.Tensor):
+    """Rows `index` of `x`, a tensor or `MappedRows`. For a tensor `index_select` rather than
+    `x[index]`: the same rows, but advanced indexing computes an offset per element and, with
+    deterministic algorithms on (`trainer.deterministic`, the default), took 883 µs for 256
+    Fashion-MNIST rows against 153 µs (one row copy each)."""
+    if isinstance(x, torch.Tensor):
+        return torch.index_select(x, 0, index)
+    return x[index]
+
+
+def _cut(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """`x` split along its rows into parts of `sizes`, each aligned as a fresh tensor would be
+    (see `ALIGNMENT`): views where the rows allow it, copies where they do not."""
+    parts = torch.split(x, sizes)
+    if all(p.data_ptr() % ALIGNMENT == 0 for p in parts):
+        return parts
+    return tuple(p.clone() for p in parts)
+
+
 class TensorBatches:
     """An iterable of `(x, y)` batches over tensors held in memory; Lightning accepts it as a
     dataloader (it has `__len__` and `__iter__`)."""
@@ -185,6 +233,8 @@ class TensorBatches:
         equal_shards: bool = False,
         epoch_source: Callable[[], int] | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        block: int = 1,
+        max_batches: int | None = None,
     ):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
@@ -204,6 +254,9 @@ class TensorBatches:
         self.epoch_source = epoch_source
         self.epoch = 0
         self.transform = transform
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.block, self.max_batches = block, max_batches
 
     def _shard_size(self) -> int:
         n, w = len(self.x), self.world_size
@@ -211,9 +264,15 @@ class TensorBatches:
             return n
         return n // w if self.equal_shards else len(range(self.rank, n, w))
 
-    def __len__(self) -> int:
+    def batches(self) -> int:
+        """How many batches an epoch has (not blocks)."""
         n, b = self._shard_size(), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        count = n // b if self.drop_last else -(-n // b)
+        return count if self.max_batches is None else min(count, self.max_batches)
+
+    def __len__(self) -> int:
+        """Items an epoch yields: batches, or with `block=k` blocks of up to k batches."""
+        return -(-self.batches() // self.block)
 
     def order(self, epoch: int) -> torch.Tensor | None:
         """The sample order of `epoch` (None: in storage order)."""
@@ -236,7 +295,10 @@ class TensorBatches:
             self.epoch = self.epoch_source()
         order = self.indices(self.epoch)
         self.epoch += 1
-        stop = min(len(self) * self.batch_size, self._shard_size())
+        stop = min(self.batches() * self.batch_size, self._shard_size())
+        if self.block > 1:
+            yield from self._blocks(order, stop)
+            return
         transform = self.transform
         for start in range(0, stop, self.batch_size):
             if order is None:
@@ -244,5 +306,28 @@ class TensorBatches:
                 y = self.y[start : start + self.batch_size]
             else:
                 index = order[start : start + self.batch_size]
-                x, y = self.x[index], self.y[index]
+                x, y = _rows(self.x, index), _rows(self.y, index)
             yield (transform(x) if transform is not None else x), y
+
+    def _blocks(self, order: torch.Tensor | None, stop: int) -> Iterator[BatchBlock]:
+        """The epoch's batches `block` at a time: one gather of the block's rows, cut into
+        batches. The transform runs on each batch, as without blocks (an augmentation draws
+        its randomness batch by batch); one that says it is `elementwise` (normalization) runs
+        once on the block, as its values do not depend on which rows share a call."""
+        transform, size = self.transform, self.batch_size
+        whole = transform is not None and getattr(transform, "elementwise", False)
+        span = self.block * size
+        for first, start in enumerate(range(0, stop, span)):
+            end = min(start + span, stop)
+            if order is None:
+                x, y = self.x[start:end], self.y[start:end]
+            else:
+                index = order[start:end]
+                x, y = _rows(self.x, index), _rows(self.y, index)
+            if whole:
+                x = transform(x)
+            sizes = [min(size, end - s) for s in range(start, end, size)]
+            xs, ys = _cut(x, sizes), _cut(y, sizes)
+            if transform is not None and not whole:
+                xs = [transform(part) for part in xs]
+            yield BatchBlock(zip(xs, ys, strict=True), first * self.block)

@@ -67,6 +67,14 @@ class TensorDataModule(pl.LightningDataModule):
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.transform = None
         self.target_scaler: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: training batches per loader item and the epoch's batch limit (`train_in_blocks`)
+        self.train_block, self.train_max_batches = 1, None
+
+    def train_in_blocks(self, block: int, max_batches: int | None) -> None:
+        """Hand the training batches `block` at a time (`TensorBatches`' blocks), at most
+        `max_batches` an epoch: what `deepmine.run.fast_path` asks for under
+        `task.steps_per_call=block`, Lightning then fetching once per block."""
+        self.train_block, self.train_max_batches = block, max_batches
 
     def make_splits(self) -> None:
         raise NotImplementedError
@@ -103,7 +111,9 @@ class TensorDataModule(pl.LightningDataModule):
             x = x[:]  # memory-mapped rows (data.storage=mmap): read the whole split
         return (self.transform(x) if self.transform is not None else x), y
 
-    def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+    def _batches(
+        self, split: str, batch_size: int, shuffle: bool, block: int = 1, max_batches=None
+    ) -> TensorBatches:
         self.setup()
         x, y = self.tensors[split]
         trainer = self.trainer  # None outside a Trainer (tests, eval helpers)
@@ -119,10 +129,19 @@ class TensorDataModule(pl.LightningDataModule):
             equal_shards=split == "train",
             epoch_source=(lambda: trainer.current_epoch) if trainer and shuffle else None,
             transform=self.transform,
+            block=block,
+            max_batches=max_batches,
         )
 
     def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.batch_size, shuffle=True)
+        """Training batches; in blocks (`train_in_blocks`) only for the fit that asked for
+        them: anyone else reading the training split (analysis, tests) gets `(x, y)` batches."""
+        trainer = self.trainer
+        if trainer is None or (trainer.state.fn, trainer.state.status) != ("fit", "running"):
+            return self._batches("train", self.batch_size, shuffle=True)
+        return self._batches(
+            "train", self.batch_size, True, self.train_block, self.train_max_batches
+        )
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val", self.eval_batch_size, shuffle=False)

@@ -73,9 +73,13 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
     """Everything but the logger: a broken config fails here, before any run is opened.
     `extra_callbacks` come from the run's context, not its config (a sweep's pruning hook);
     `datamodule`, one `build_datamodule(cfg)` made already."""
+    from deepmine.run import fast_path
+
     datamodule = datamodule if datamodule is not None else build_datamodule(cfg)
-    task = build_task(cfg)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    # task.steps_per_call=auto: k batches per step unless that would not be the same run
+    steps = fast_path.resolve(cfg, callbacks)
+    task = build_task(cfg)
     # with task.steps_per_call > 1 the task clips and accumulates itself (manual optimization,
     # which Lightning's Trainer refuses both options under); it read them from cfg.trainer
     handed_over = (
@@ -83,6 +87,7 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = (), datamodule=None) 
         if getattr(task, "steps_per_call", 1) > 1
         else {}
     )
+    handed_over.update(fast_path.hand_training_batches(cfg, datamodule, steps))
     trainer = checked_instantiate(
         cfg.trainer,
         callbacks=callbacks,

@@ -54,10 +54,15 @@ class StepsPerCall:
         (`configure_gradient_clipping`), on the group's last batch or the epoch's last. One
         difference: under manual optimization Lightning dispatches `on_before_optimizer_step` inside
         `optimizer.step()`, so a hook listening there sees the gradients clipped."""
-        if steps_per_call < 1:
+        if steps_per_call == "auto":
+            # decided by `deepmine.run.fast_path` before a run trains; a task built only to
+            # evaluate or predict (from a config saying auto) never runs the training loop
+            steps_per_call = 1
+        if not isinstance(steps_per_call, int) or steps_per_call < 1:
             raise DeepmineError(
                 f"task.steps_per_call={steps_per_call} is not a positive number of steps",
-                "use task.steps_per_call=1 (Lightning's own loop) or more, e.g. 8",
+                "use task.steps_per_call=auto (the default), 1 (Lightning's own loop) or more, "
+                "e.g. 8",
             )
         self.steps_per_call = int(steps_per_call)
         self._direct_hooks = None  # decided when training starts (`_direct_dispatch`)
@@ -88,52 +93,68 @@ class StepsPerCall:
 
     def _steps_per_call_step(self, dataloader_iter) -> torch.Tensor | None:
         """Up to `steps_per_call` batches from the loader, one optimizer step each (or one per
-        accumulation group)."""
+        accumulation group): one `BatchBlock` where the loader hands blocks (one fetch through
+        Lightning's chain for the k batches), else k fetches of one batch."""
         trainer = self.trainer
         epoch_loop = trainer.fit_loop.epoch_loop
         optimizer = self.optimizers()
         group = self.accumulate_grad_batches
         # the logger's step counts optimizer steps, as in Lightning's automatic loop
         first_step, steps = epoch_loop._batches_that_stepped, 0
+        # optimizer steps left before trainer.max_steps (-1: no limit), counted here rather
+        # than read from the trainer on every batch
+        left = trainer.max_steps - self.global_step if trainer.max_steps >= 0 else -1
+        direct = self._direct_hooks
         loss_sum = None
-        for _ in range(self.steps_per_call):
-            if 0 <= trainer.max_steps <= self.global_step:
-                break
+        taken = 0
+        while taken < self.steps_per_call and steps != left:
             try:
-                batch, batch_idx, _ = next(dataloader_iter)
+                item, index, _ = next(dataloader_iter)
             except StopIteration:
                 break
-            # Lightning's automatic loop: zero on a group's first batch, step on its last or
-            # on the epoch's last (`dataloader_iter.done`: no batch left)
-            zero = batch_idx % group == 0
-            self._stepping = (batch_idx + 1) % group == 0 or dataloader_iter.done
-            epoch_loop._batches_that_stepped = first_step + steps
-            if self._direct_hooks is None:
-                batch = trainer.precision_plugin.convert_input(batch)
-                batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
-                batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-                loss = self._one_step(batch, batch_idx)
-                if zero:
-                    optimizer.zero_grad()
-                # x / 1 == x bit for bit: without accumulation the division is skipped
-                self.manual_backward(loss / group if group > 1 else loss)
-                if self._stepping:
-                    self._clip_gradients(optimizer.optimizer)
-                    optimizer.step()
-            else:  # the same hooks and steps, called without Lightning's dispatch
-                for hook in self._direct_hooks:
-                    batch = hook(batch)
-                loss = self._one_step(batch, batch_idx)
-                if zero:
-                    optimizer.optimizer.zero_grad()
-                (loss / group if group > 1 else loss).backward()
-                if self._stepping:
-                    optimizer._on_before_step()  # counts the step in global_step
-                    self._clip_gradients(optimizer.optimizer)
-                    optimizer.optimizer.step()
-                    optimizer._on_after_step()
-            steps += self._stepping
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            # a block (`deepmine.data.batches.BatchBlock`) says where it starts; the task layer
+            # knows it by that attribute only (tasks never import the data layer)
+            first = getattr(item, "first", None)
+            batches, first = (item, first) if first is not None else ((item,), index)
+            taken += len(batches)
+            last_item = dataloader_iter.done
+            for offset, batch in enumerate(batches):
+                if steps == left:
+                    break
+                batch_idx = first + offset
+                # Lightning's automatic loop: zero on a group's first batch, step on its last
+                # or on the epoch's last (no batch left)
+                zero = batch_idx % group == 0
+                self._stepping = (batch_idx + 1) % group == 0 or (
+                    last_item and offset == len(batches) - 1
+                )
+                epoch_loop._batches_that_stepped = first_step + steps
+                if direct is None:
+                    batch = trainer.precision_plugin.convert_input(batch)
+                    batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+                    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+                    loss = self._one_step(batch, batch_idx)
+                    if zero:
+                        optimizer.zero_grad()
+                    # x / 1 == x bit for bit: without accumulation the division is skipped
+                    self.manual_backward(loss / group if group > 1 else loss)
+                    if self._stepping:
+                        self._clip_gradients(optimizer.optimizer)
+                        optimizer.step()
+                else:  # the same hooks and steps, called without Lightning's dispatch
+                    for hook in direct:
+                        batch = hook(batch)
+                    loss = self._one_step(batch, batch_idx)
+                    if zero:
+                        optimizer.optimizer.zero_grad()
+                    (loss / group if group > 1 else loss).backward()
+                    if self._stepping:
+                        optimizer._on_before_step()  # counts the step in global_step
+                        self._clip_gradients(optimizer.optimizer)
+                        optimizer.optimizer.step()
+                        optimizer._on_after_step()
+                steps += self._stepping
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         self._stepping = True
         # Lightning adds one to the logger's step after the call
         epoch_loop._batches_that_stepped = first_step + steps - 1
