@@ -101,6 +101,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _dispatch(argv)
+    if argv is None:  # the process entry: skip the interpreter's 2-3 s teardown when safe
+        from deepmine.runtime.fast_exit import exit_now
+
+        return exit_now(code)
+    return code
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from deepmine.runtime import timeline
 
     timeline.mark("cli_start")

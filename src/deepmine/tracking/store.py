@@ -121,15 +121,19 @@ def _open_sqlite(tracking_uri: str, db: Path):
     from filelock import FileLock, Timeout
     from mlflow import MlflowClient
 
+    from deepmine.tracking.store_schema import schema_check_skipped
+
     lock = FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
     try:
         with lock:
             if not db.exists():
                 _create_sqlite(db)
             # MlflowClient builds (and caches, per URI) the SQLAlchemy store; a first query
-            # proves the schema is usable.
-            client = MlflowClient(tracking_uri=tracking_uri)
-            client.search_experiments(max_results=1)
+            # proves the schema is usable. A store already at the head revision is opened
+            # without MLflow's check, which loads every migration script (store_schema).
+            with schema_check_skipped(db):
+                client = MlflowClient(tracking_uri=tracking_uri)
+                client.search_experiments(max_results=1)
     except Timeout as exc:
         raise DeepmineError(
             f"the MLflow store {db} stayed locked by another process for "
@@ -148,9 +152,11 @@ def _create_sqlite(db: Path) -> None:
     SIGKILL or power cut among them would leave a half-migrated database that every later
     command refuses ("out-of-date database schema"). Renaming is atomic, so `db` is either
     absent or complete. Runs under the store lock, so scratch files left by a killed process
-    are stale and removed.
+    are stale and removed. Later stores copy the first one's template (`store_schema`).
     """
     from mlflow import MlflowClient
+
+    from deepmine.tracking import store_schema
 
     for stale in db.parent.glob(f".{db.name}.creating-*"):
         stale.unlink(missing_ok=True)
@@ -160,6 +166,9 @@ def _create_sqlite(db: Path) -> None:
     quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
     levels = [logger.level for logger in quiet]
     try:
+        if store_schema.copy_template(scratch):
+            os.replace(scratch, db)
+            return
         for logger in quiet:
             logger.setLevel(logging.WARNING)
         client = MlflowClient(tracking_uri=f"sqlite:///{scratch}")
@@ -168,6 +177,7 @@ def _create_sqlite(db: Path) -> None:
         engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
         if engine is not None:  # release the file before it is renamed (private attribute)
             engine.dispose()
+            store_schema.save_template(scratch)
         os.replace(scratch, db)
     finally:
         scratch.unlink(missing_ok=True)
