@@ -12,6 +12,9 @@ Features are stored already standardized (float32), not normalized per batch: ta
 next to the model's work, one-hot columns must stay 0/1 so a per-batch transform would need
 per-column exceptions, and `self.tensors` then holds exactly what the net sees.
 
+With `data.storage=mmap` the file is never read whole: `deepmine.data.csv_chunks` prepares it
+in chunks straight into the cache, with the same arrays bit for bit.
+
 The file's identity is part of a run's record: a file inside the project's DVC-tracked `data/`
 is versioned by DVC (`dvc_tracked`); any other file is identified by its path and MD5
 (`source_tags`).
@@ -26,14 +29,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deepmine.data import csv_sep, tables
-from deepmine.data.mapped import mapped_splits
+from deepmine.data import csv_chunks, csv_sep, tables
 from deepmine.data.tensors import TensorDataModule, fit_scaler
 from deepmine.errors import DeepmineError
 from deepmine.project import project_root
 
 TARGET_KINDS = ("class", "value")
 NOT_NUMERIC_FIX = "list it under data.categorical, or fix the values"
+VALUE_TARGET_FIX = (
+    "a value target must be numeric: fix the column, or use a classification task "
+    "(data.targets=class)"
+)
 
 
 class CSVDataModule(TensorDataModule):
@@ -61,9 +67,11 @@ class CSVDataModule(TensorDataModule):
         num_targets: int | None = None,
         storage: str = "memory",
         cache_dir: str | None = None,
+        chunk_rows: int = 20_000,
     ):
         super().__init__(batch_size, eval_batch_size, shuffle_seed, storage)
         self.cache_dir = cache_dir
+        self.chunk_rows = csv_chunks.checked_chunk_rows(chunk_rows)
         self.targets = _check_choice("targets", targets, TARGET_KINDS, auto_hint=True)
         if impute is not None:
             _check_choice("impute", impute, tables.IMPUTATIONS)
@@ -124,6 +132,14 @@ class CSVDataModule(TensorDataModule):
         return {**shapes, "num_outputs": outputs if outputs is not None else 1, "num_targets": 1}
 
     def make_splits(self) -> None:
+        if self.mmap_wanted:  # read in chunks straight into the cache: `csv_chunks`
+            self.tensors = csv_chunks.prepare(self)
+        else:
+            self._prepare_in_memory()
+        if self.targets == "value":
+            self.target_scaler = fit_scaler(self.tensors["train"][1])
+
+    def _prepare_in_memory(self) -> None:
         frame, features, numeric, y = self._checked_table()
         self.rows = self._split(frame, y)
         raw_numeric, fills = numeric, {}
@@ -136,16 +152,14 @@ class CSVDataModule(TensorDataModule):
         self.tensors = {
             split: (x_splits[split], y[torch.as_tensor(rows)]) for split, rows in self.rows.items()
         }
-        if self.mmap_wanted:
-            self.tensors = mapped_splits(self.tensors, self.cache_dir, "table")
-        if self.targets == "value":
-            self.target_scaler = fit_scaler(self.tensors["train"][1])
 
     def codec(self):
         """The table's preprocessing as fitted on the training rows (`TableCodec`)."""
         from deepmine.data.codecs import TableCodec
 
         self.setup()
+        if self.mmap_wanted:
+            return csv_chunks.codec(self)
         frame, features, numeric, fills, scaling = self._codec_parts
         return TableCodec.fitted(
             frame,
@@ -216,35 +230,20 @@ class CSVDataModule(TensorDataModule):
             return pd.Series(np.full(len(frame), -1, dtype=np.int64))
         if self.targets == "class":
             return frame[self.target]
-        return tables.numeric_column(
-            frame,
-            self.target,
-            self.path,
-            "a value target must be numeric: fix the column, or use a classification task "
-            "(data.targets=class)",
-        )
+        return tables.numeric_column(frame, self.target, self.path, VALUE_TARGET_FIX)
 
     def _complete_rows(self, frame: pd.DataFrame, used: list[str]) -> np.ndarray:
         """Rows to keep: all of them, unless `impute=drop` removes those with a gap. Missing
         values that nothing will fill stop the run, naming each column and its count."""
         counts = tables.missing_counts(frame, used)
+        self.check_gaps(counts)
         if self.impute == "drop" or not counts:
             return frame[used].notna().all(axis=1).to_numpy()
-        if self.impute is None:
-            raise DeepmineError(
-                f"{self.path} has missing values in column(s) {tables.describe_counts(counts)}",
-                "set data.impute=drop (drop those rows) or data.impute=mean|median (fill "
-                "numeric features from the training split)",
-            )
-        unfillable = {c: n for c, n in counts.items() if c in (self.target, self.split_column)}
-        if unfillable:
-            raise DeepmineError(
-                f"{self.path} has missing values in column(s) "
-                f"{tables.describe_counts(unfillable)}, which data.impute={self.impute} "
-                "cannot fill",
-                "fill them in the file, or set data.impute=drop to drop those rows",
-            )
         return np.ones(len(frame), dtype=bool)
+
+    def check_gaps(self, counts: dict[str, int]) -> None:
+        """Missing values (`counts` per column) that nothing will fill stop the run."""
+        tables.check_gaps(counts, self.impute, self._reserved(), self.path)
 
     def _encode_target(self, values: pd.Series) -> torch.Tensor:
         """Class targets become indices into `class_names` (the sorted labels); value targets a
@@ -253,22 +252,26 @@ class CSVDataModule(TensorDataModule):
             return torch.from_numpy(values.to_numpy(np.float32, copy=True)).reshape(-1, 1)
         if self.target is None:
             return torch.from_numpy(values.to_numpy(np.int64, copy=True))
+        self.class_names = self.checked_classes(values, len(values))
+        codes = pd.Categorical(tables.as_labels(values), categories=self.class_names).codes
+        return torch.from_numpy(codes.astype(np.int64))
+
+    def checked_classes(self, values: pd.Series, rows: int) -> tuple[str, ...]:
+        """Sorted labels of a class target: all its `rows` values, or their distinct ones."""
         if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values, 1) == 0):
             raise DeepmineError(
                 f"target {self.target!r} of {self.path} holds fractional numbers, e.g. "
                 f"{values[np.mod(values, 1) != 0].iloc[0]}: not class labels",
                 "use a regression task (data.targets=value), or a column of labels",
             )
-        labels = tables.as_labels(values)
-        self.class_names = tuple(tables.sorted_labels(values))
-        if len(self.class_names) < 2:
+        names = tuple(tables.sorted_labels(values))
+        if len(names) < 2:
             raise DeepmineError(
-                f"target {self.target!r} of {self.path} has a single class "
-                f"{self.class_names[0]!r} in all {len(values)} rows",
+                f"target {self.target!r} of {self.path} has a single class {names[0]!r} in all "
+                f"{rows} rows",
                 "classification needs at least two classes: pick another target column",
             )
-        codes = pd.Categorical(labels, categories=self.class_names).codes
-        return torch.from_numpy(codes.astype(np.int64))
+        return names
 
     def _split(self, frame: pd.DataFrame, y: torch.Tensor) -> dict[str, np.ndarray]:
         if self.split_column is not None:

@@ -6,8 +6,10 @@ columns, imputed gaps, standardization with training statistics), so what gets m
 result: written once as `.npy` under `data.cache_dir`, in an entry named by a hash of the bytes
 themselves (two runs that prepare the same arrays share one entry; a changed file or option
 makes a new one, never reading a stale entry), then reopened as a memory map. Training then
-holds a batch, not the split; the source is still read whole once at setup, which is what
-pandas' parser needs (the images' decoders read their files whole too).
+holds a batch, not the split; the source is still read whole once at setup (the diabetes table
+and series are small; the images' decoders read their files whole too). A user's CSV, which may
+be larger than memory, is not prepared here: `deepmine.data.csv_chunks` reads it in chunks
+straight into an entry of the same cache, named by the file's MD5 and options instead.
 
 Batches are the same, bit for bit, as with `storage=memory`: the stored bytes are the prepared
 tensors' bytes, and `MappedRows` gathers rows as indexing the tensor would.

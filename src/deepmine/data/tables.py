@@ -16,14 +16,14 @@ Every mistake a user can fix is a `DeepmineError` naming the file, the column an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from deepmine.data.tensors import fit_scaler, split_count
+from deepmine.data.tensors import split_count
 from deepmine.errors import DeepmineError
 
 SPLITS = ("train", "val", "test")
@@ -49,9 +49,10 @@ def read_table(path: Path, sep: str = ",") -> pd.DataFrame:
     return frame
 
 
-def require_rows(frame: pd.DataFrame, path: Path | str, after: str = "") -> None:
-    """Refuse an empty table (`after`: what emptied it, for the message)."""
-    if len(frame) == 0:
+def require_rows(rows: Sized, path: Path | str, after: str = "") -> None:
+    """Refuse an empty table (`rows`: its frame, or anything as long as its row count; `after`:
+    what emptied it, for the message)."""
+    if len(rows) == 0:
         raise DeepmineError(
             f"table {path} has no rows{after}",
             "point data.path at a CSV with a header line and at least one row per split",
@@ -77,12 +78,19 @@ def numeric_column(frame: pd.DataFrame, column: str, path: Path, fix: str) -> pd
         return values.astype(np.float64)
     numbers, bad = as_numbers(values)
     if len(bad):
-        raise DeepmineError(
-            f"column {column!r} of {path} has {len(bad)} non-numeric value(s), e.g. "
-            f"{bad.iloc[0]!r} (row {bad.index[0]})",
-            fix,
-        )
+        raise not_numeric(column, path, len(bad), bad.iloc[0], bad.index[0], fix)
     return numbers.astype(np.float64)
+
+
+def not_numeric(column: str, path: Path, count: int, sample, row, fix: str) -> DeepmineError:
+    """The error of a numeric column holding `count` values that are not numbers, `sample` the
+    first of them (at data row `row`): one message whether the table was read whole or in
+    chunks (`deepmine.data.csv_chunks` counts over every chunk before raising it)."""
+    return DeepmineError(
+        f"column {column!r} of {path} has {count} non-numeric value(s), e.g. {sample!r} "
+        f"(row {row})",
+        fix,
+    )
 
 
 def as_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -116,6 +124,28 @@ def missing_counts(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, int
     """Columns among `columns` with missing values, and how many each has."""
     counts = frame[list(columns)].isna().sum()
     return {str(c): int(n) for c, n in counts.items() if n}
+
+
+def check_gaps(
+    counts: dict[str, int], impute: str | None, reserved: Sequence[str], path: Path
+) -> None:
+    """Refuse missing values (`counts` per column) that `impute` will not drop or fill: any,
+    without `impute`; those of the target or split column (`reserved`) under mean|median."""
+    if impute == "drop" or not counts:
+        return
+    if impute is None:
+        raise DeepmineError(
+            f"{path} has missing values in column(s) {describe_counts(counts)}",
+            "set data.impute=drop (drop those rows) or data.impute=mean|median (fill "
+            "numeric features from the training split)",
+        )
+    unfillable = {c: n for c, n in counts.items() if c in reserved}
+    if unfillable:
+        raise DeepmineError(
+            f"{path} has missing values in column(s) {describe_counts(unfillable)}, which "
+            f"data.impute={impute} cannot fill",
+            "fill them in the file, or set data.impute=drop to drop those rows",
+        )
 
 
 def describe_counts(counts: dict[str, int]) -> str:
@@ -215,11 +245,54 @@ def impute(
     features), and each column's fill value (what a logged model fills a new row's gap with)."""
     filled, fills = {}, {}
     for column, values in numeric.items():
-        fit = values.iloc[train]
-        fill = fit.mean() if strategy == "mean" else fit.median()
-        fills[column] = 0.0 if pd.isna(fill) else float(fill)
+        fills[column] = fill_value(values.iloc[train].to_numpy(np.float64), strategy)
         filled[column] = values.fillna(fills[column])
     return filled, fills
+
+
+#: rows summed at a time by `fill_value` and `column_scaling`
+BLOCK_ROWS = 1 << 16
+
+
+def fill_value(values: np.ndarray, strategy: str) -> float:
+    """The mean or median of a column's present training values (0.0 when there are none).
+
+    Why not pandas' or torch's own mean: a table prepared in chunks (`csv_chunks`) reads its
+    training column back from disk, so both preparations compute every statistic with this one
+    deterministic function (float64 sums over fixed `BLOCK_ROWS` blocks, in row order, whatever
+    the chunk size) on the same values, and agree bit for bit. Gaps count as zeros in the sum,
+    as in pandas' mean, which this equals up to `BLOCK_ROWS` rows. A median needs the whole
+    column either way (one column, not the table)."""
+    gaps = np.isnan(values)
+    if gaps.all():
+        return 0.0
+    if strategy == "median":
+        return float(np.median(values[~gaps]))
+    return _block_sum(np.where(gaps, 0.0, values)) / int(np.count_nonzero(~gaps))
+
+
+def column_scaling(values: np.ndarray) -> tuple[np.float32, np.float32]:
+    """`(mean, std)` of one column of training values as float32 (std with ddof=1, 1 for a
+    single row, floored at 1e-8 so a constant column scales to zeros), by the deterministic
+    block sums `fill_value` explains."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = _block_sum(values) / len(values)
+    std = 1.0
+    if len(values) > 1:
+        squares = sum(
+            float(np.sum(np.square(values[s : s + BLOCK_ROWS] - mean)))
+            for s in range(0, len(values), BLOCK_ROWS)
+        )
+        std = float(np.sqrt(squares / (len(values) - 1)))
+    return np.float32(mean), np.float32(max(std, 1e-8))
+
+
+def _block_sum(values: np.ndarray) -> float:
+    total = 0.0
+    for start in range(0, len(values), BLOCK_ROWS):
+        block = np.ascontiguousarray(values[start : start + BLOCK_ROWS], dtype=np.float64)
+        total += float(np.sum(block))
+    return total
 
 
 def one_hot(labels: pd.Series, train: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -246,13 +319,21 @@ def standardized(
     scales new rows with them); other columns (one-hot) are kept as 0/1."""
     x = torch.as_tensor(x, dtype=torch.float32)
     mask = torch.as_tensor(numeric, dtype=torch.bool)
-    mean, std = fit_scaler(x[torch.as_tensor(splits["train"])][:, mask])
+    train = x[torch.as_tensor(splits["train"])][:, mask].numpy()
+    mean, std = scaling_tensors([column_scaling(train[:, j]) for j in range(train.shape[1])])
     out = {}
     for split, rows in splits.items():
         part = x[torch.as_tensor(rows)].clone()
         part[:, mask] = (part[:, mask] - mean) / std
         out[split] = part.contiguous()
     return out, (mean, std)
+
+
+def scaling_tensors(stats: list[tuple[np.float32, np.float32]]) -> tuple[torch.Tensor, ...]:
+    """`(mean, std)` float32 tensors of per-column `column_scaling` results."""
+    mean = torch.tensor(np.array([m for m, _ in stats], dtype=np.float32))
+    std = torch.tensor(np.array([s for _, s in stats], dtype=np.float32))
+    return mean, std
 
 
 def file_md5(path: Path, chunk_size: int = 1 << 20) -> str:
