@@ -572,3 +572,42 @@ def test_mmap_storage_gives_the_memory_batches_from_views_of_the_cache(
         assert pairs
         for (xm, ym), (xd, yd) in pairs:
             assert torch.equal(xm, xd) and torch.equal(ym, yd)
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_cache_miss_under_mmap_is_decoded_in_batches_into_the_file(
+    monkeypatch, tmp_path, with_corrupt, corrupt
+):
+    """`data.storage=mmap` with nothing cached: the images are decoded a few at a time
+    straight into the entry's file (never a whole in-memory array), and the splits equal an
+    in-memory decoding bit for bit, an unreadable image skipped from the file too."""
+    import deepmine.data.image_folder as image_folder
+
+    if not corrupt:
+        (with_corrupt / "b" / "broken.png").unlink()
+    monkeypatch.setattr(image_folder, "DECODE_BATCH", 3)  # 8 or 9 files: several batches
+    monkeypatch.setattr(
+        image_folder.ImageFolderDataModule,
+        "_decode_all",
+        lambda self: pytest.fail("decoded whole under mmap"),
+    )
+    cache = tmp_path / "cache"
+    mapped = datamodule(with_corrupt, cache_dir=str(cache), storage="mmap", on_bad_image="skip")
+    mapped.setup()
+    monkeypatch.undo()
+    memory = datamodule(with_corrupt, storage="memory", on_bad_image="skip")
+    memory.setup()
+    assert mapped.skipped_files == memory.skipped_files == (["b/broken.png"] if corrupt else [])
+    for split in ("train", "val", "test"):
+        (xm, ym), (xd, yd) = memory.tensors[split], mapped.tensors[split]
+        assert torch.equal(xm, xd[:]) and torch.equal(ym, yd)
+    (entry,) = cache.iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == ["kept.npy", "x.npy"]  # no scratch left
+
+
+def test_an_unreadable_image_under_mmap_leaves_no_cache_entry(tmp_path, with_corrupt):
+    cache = tmp_path / "cache"
+    with pytest.raises(DeepmineError) as exc:
+        datamodule(with_corrupt, cache_dir=str(cache), storage="mmap").setup()
+    assert "cannot read image" in problem(exc)
+    assert [p for p in cache.rglob("*") if p.is_file()] == []

@@ -13,12 +13,18 @@ With `mmap=True` (`data.storage=mmap`) the entry's files are opened as read-only
 A freshly decoded entry is written first and then mapped, so the decoded copy is freed on return.
 `mmap="c"` maps them copy-on-write instead: writable as far as numpy and torch can tell (a tensor
 made from a read-only array warns), while the file itself is never written.
+
+A dataset larger than memory cannot be decoded whole before it is written: with `mmap` and a
+`write` function, the entry's files are written by it, straight to disk (e.g. into
+`np.lib.format.open_memmap` files, batch by batch), in a scratch folder renamed into place when
+complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +46,13 @@ def cached_arrays(
     names: tuple[str, ...],
     decode: Callable[[], dict[str, np.ndarray]],
     mmap: bool | str = False,
+    write: Callable[[Path], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays `names`, from `directory/key/` if present there, else from `decode()` (and
     then stored there). `directory=None` switches the cache off. `mmap`: the stored files are
     returned as read-only memory maps, or copy-on-write ones with `mmap="c"` (arrays decoded
-    but not stored stay in memory)."""
+    but not stored stay in memory). `write(folder)`, used instead of `decode` under `mmap`,
+    writes `folder/<name>.npy` for every name itself, with memory bounded by what it holds."""
     if directory is None:
         return decode()
     entry = Path(directory) / key
@@ -59,6 +67,16 @@ def cached_arrays(
             return stored()
         except (OSError, ValueError):
             pass  # unreadable entry: decode again and overwrite it
+    if mmap and write is not None:
+        entry.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=entry, prefix=".writing-"))
+        try:
+            write(scratch)
+            for name, path in files.items():
+                os.replace(scratch / f"{name}.npy", path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return stored()
     arrays = decode()
     try:
         entry.mkdir(parents=True, exist_ok=True)

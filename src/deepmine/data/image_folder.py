@@ -51,6 +51,8 @@ COLORS = {"gray": ("L", 1), "rgb": ("RGB", 3)}
 ON_BAD_IMAGE = ("fail", "skip")
 #: bumped when decoding changes, so entries written by older code are never read
 CACHE_VERSION = "1"
+#: images decoded and waiting to be copied at most (a cache miss decodes in batches of this)
+DECODE_BATCH = 256
 #: how many file names a warning line shows before "..."
 SHOWN = 5
 
@@ -134,6 +136,7 @@ class ImageFolderDataModule(InMemoryDataModule):
             ("x", "kept"),
             self._decode_all,
             mmap=self.mmap_wanted,
+            write=self._decode_to,
         )
         kept = arrays["kept"].astype(bool)
         self.skipped_files = [f.rel for f, ok in zip(files, kept, strict=True) if not ok]
@@ -171,9 +174,41 @@ class ImageFolderDataModule(InMemoryDataModule):
     def _decode_all(self) -> dict[str, np.ndarray]:
         """Every image as uint8 `(channels, height, width)`, in listing order; `kept` marks
         those that could be read (all of them, or the run stops, under `on_bad_image=fail`)."""
-        mode, channels = COLORS[self.color]
+        x = np.empty((len(self.listing.files), *self._pixels_shape()), dtype=np.uint8)
+        kept = self._decode_into(x)
+        return {"x": x[kept], "kept": kept}
+
+    def _decode_to(self, folder: Path) -> None:
+        """`_decode_all` written to `folder/x.npy` and `kept.npy` as it goes, for
+        `data.storage=mmap`: a folder larger than memory is decoded `DECODE_BATCH` images at a
+        time into a file mapped for writing, never held whole; unreadable images skipped are
+        then left out by copying the kept rows, a batch at a time, into the final file."""
+        shape = (len(self.listing.files), *self._pixels_shape())
+        everything = np.lib.format.open_memmap(folder / "all.npy", "w+", np.uint8, shape)
+        kept = self._decode_into(everything)
+        if kept.all():
+            everything.flush()
+            del everything
+            os.replace(folder / "all.npy", folder / "x.npy")
+        else:
+            rows = np.flatnonzero(kept)
+            x = np.lib.format.open_memmap(folder / "x.npy", "w+", np.uint8, (len(rows), *shape[1:]))
+            for start in range(0, len(rows), DECODE_BATCH):
+                x[start : start + DECODE_BATCH] = everything[rows[start : start + DECODE_BATCH]]
+            x.flush()
+            del x, everything
+            (folder / "all.npy").unlink()
+        np.save(folder / "kept.npy", kept, allow_pickle=False)
+
+    def _pixels_shape(self) -> tuple[int, int, int]:
+        return (COLORS[self.color][1], *self.image_size)
+
+    def _decode_into(self, x: np.ndarray) -> np.ndarray:
+        """Decode every image into `x[i]` (an array or a map being written), `DECODE_BATCH`
+        images in flight at most, so the decoded images waiting to be copied stay bounded;
+        returns `kept`."""
+        mode = COLORS[self.color][0]
         paths = [self.root / f.rel for f in self.listing.files]
-        x = np.empty((len(paths), channels, *self.image_size), dtype=np.uint8)
         kept = np.zeros(len(paths), dtype=bool)
 
         def read(path: Path):
@@ -183,18 +218,20 @@ class ImageFolderDataModule(InMemoryDataModule):
                 return None, exc
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for i, (pixels, error) in enumerate(pool.map(read, paths)):
-                if error is None:
-                    x[i], kept[i] = pixels, True
-                elif self.on_bad_image == "fail":
-                    pool.shutdown(cancel_futures=True)
-                    raise DeepmineError(
-                        f"cannot read image {paths[i]}: {type(error).__name__}: "
-                        f"{first_line(error)}",
-                        "replace or delete the file, or set data.on_bad_image=skip to leave "
-                        "unreadable images out",
-                    )
-        return {"x": x[kept], "kept": kept}
+            for start in range(0, len(paths), DECODE_BATCH):
+                batch = paths[start : start + DECODE_BATCH]
+                for i, (pixels, error) in enumerate(pool.map(read, batch), start):
+                    if error is None:
+                        x[i], kept[i] = pixels, True
+                    elif self.on_bad_image == "fail":
+                        pool.shutdown(cancel_futures=True)
+                        raise DeepmineError(
+                            f"cannot read image {paths[i]}: {type(error).__name__}: "
+                            f"{first_line(error)}",
+                            "replace or delete the file, or set data.on_bad_image=skip to leave "
+                            "unreadable images out",
+                        )
+        return kept
 
     def _require_every_class(self, labels: np.ndarray, split: str) -> None:
         """After skipping unreadable images a class may have none left in a split."""
