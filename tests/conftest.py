@@ -49,6 +49,44 @@ def run_cli(
     return _WARM.run(list(args), cwd, deepmine_env(**env), timeout)
 
 
+def run_cli_side_by_side(
+    commands: list[list[str]], *, cwd: Path, timeout: float = 300, **env: str
+) -> list[subprocess.CompletedProcess]:
+    """Several `python -m deepmine` commands started at once and running side by side (a race
+    on one store), each its own process; their results in order once all have ended, or
+    TimeoutExpired (every one killed) when they are not all done within `timeout` s.
+
+    Forked from the warm starter, all within milliseconds (a tighter race than interpreters
+    that each spend seconds importing); DEEPMINE_TESTS_FRESH=1 starts fresh interpreters."""
+    if os.environ.get("DEEPMINE_TESTS_FRESH") == "1":
+        import time
+
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "deepmine", *args],
+                cwd=cwd,
+                env=deepmine_env(**env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in commands
+        ]
+        try:
+            deadline = time.monotonic() + timeout
+            done = []
+            for proc in procs:
+                out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+            return done
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return _WARM.run_side_by_side([list(a) for a in commands], cwd, deepmine_env(**env), timeout)
+
+
 class _WarmStarter:
     """The client side of `tests/warm_cli.py`: one starter per pytest process, started on
     first use and stopped when the process exits."""
@@ -118,6 +156,42 @@ class _WarmStarter:
                 out.read_text(errors="replace"),
                 err.read_text(errors="replace"),
             )
+
+    def run_side_by_side(self, commands: list[list[str]], cwd: Path, env: dict, timeout: float):
+        import signal
+        import tempfile
+
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        with tempfile.TemporaryDirectory(prefix="warm-cli-") as tmp:
+            outputs = [
+                (Path(tmp) / f"stdout{i}", Path(tmp) / f"stderr{i}") for i in range(len(commands))
+            ]
+            batch = [
+                {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+                for argv, (out, err) in zip(commands, outputs, strict=True)
+            ]
+            self._proc.stdin.write(json.dumps({"batch": batch}) + "\n")
+            self._proc.stdin.flush()
+            pids = self._next(60)["pids"]
+            done = self._next(timeout)
+            if done is None:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                self._next(60)
+                raise subprocess.TimeoutExpired([sys.executable, "-m", "deepmine"], timeout)
+            return [
+                subprocess.CompletedProcess(
+                    [sys.executable, "-m", "deepmine", *argv],
+                    code,
+                    out.read_text(errors="replace"),
+                    err.read_text(errors="replace"),
+                )
+                for argv, code, (out, err) in zip(
+                    commands, done["returncodes"], outputs, strict=True
+                )
+            ]
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

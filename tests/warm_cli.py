@@ -15,6 +15,9 @@ bit-for-bit reruns (forked children share one hash seed).
 
 Protocol, one JSON line per request on stdin: {"argv", "cwd", "env", "stdout", "stderr"};
 the answer is one JSON line {"pid"} when the child starts and {"returncode"} when it ends.
+A batch, {"batch": [request, ...]}, starts every child at once (processes that must run side by
+side, as a race on one store needs): one line {"pids": [...]} once all are started, then one
+{"returncodes": [...]} once all have ended.
 """
 
 from __future__ import annotations
@@ -119,6 +122,17 @@ def serve() -> None:
     print(json.dumps({"ready": True}), file=out, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
+        if "batch" in request:
+            pids = []
+            for each in request["batch"]:
+                pid = os.fork()
+                if pid == 0:
+                    _child(each)
+                pids.append(pid)
+            print(json.dumps({"pids": pids}), file=out, flush=True)
+            codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+            print(json.dumps({"returncodes": codes}), file=out, flush=True)
+            continue
         pid = os.fork()
         if pid == 0:
             _child(request)
