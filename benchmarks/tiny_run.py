@@ -15,6 +15,7 @@ compared. `--before-src DIR` times a second source tree (e.g. `git archive <comm
 DIR`) with the same interpreter in the same rounds, so before/after numbers share the load.
 
     python benchmarks/tiny_run.py [--rounds 5] [--python PATH] [--before-src DIR]
+    python benchmarks/tiny_run.py --before-commit e5ada8a   # the tree before issue 25
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def _which_deepmine(python: str, src: str | None) -> str:
     return done.stdout.strip()
 
 
+def _unpacked(commit: str) -> str:
+    """`commit`'s tree unpacked (`git archive`) into a temporary folder: its src/ path."""
+    folder = Path(tempfile.mkdtemp(prefix=f"deepmine-{commit[:8]}-"))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return str(folder / "src")
+
+
 def summarize(times: dict[str, list[float]], all_cases: bool) -> dict:
     med = {case: median(values) for case, values in times.items()}
     if not all_cases:
@@ -93,9 +104,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--python", default=sys.executable, help="the interpreter to time")
     parser.add_argument("--before-src", help="a second source tree's src/, timed alongside")
+    parser.add_argument(
+        "--before-commit", help="a commit of this repository, unpacked and timed as --before-src"
+    )
     parser.add_argument("--cases", default=",".join(CASES), help="a subset, comma-separated")
     args = parser.parse_args()
     variants = {"current": None}
+    if args.before_commit:
+        args.before_src = _unpacked(args.before_commit)
     if args.before_src:
         variants["before"] = str(Path(args.before_src).resolve())
     cases = args.cases.split(",")
@@ -111,6 +127,8 @@ def main() -> None:
             times[name][case].append(seconds)
             print(f"round {round_} {name:8s} {case:7s} {seconds:6.2f} s", flush=True)
     result = {"rounds": args.rounds, "python": args.python, "packages": packages}
+    if args.before_commit:
+        result["before_commit"] = args.before_commit
     for name in variants:
         result[name] = summary = summarize(times[name], set(cases) == set(CASES))
         line = ", ".join(f"{case} {seconds:.2f} s" for case, seconds in summary["median_s"].items())
