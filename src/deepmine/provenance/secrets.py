@@ -118,7 +118,8 @@ def mask_yaml_file(path, values: Iterable[str] = ()) -> bool:
         return False
     text = path.read_text()
     masked = mask_text(text, values)
-    if yaml.safe_load(masked) == yaml.safe_load(text):
+    # the same text needs no parse (two parses of Hydra's files were ~0.09 s of every job)
+    if masked == text or yaml.safe_load(masked) == yaml.safe_load(text):
         return False  # nothing secret in it: Hydra's own text stays, byte for byte
     scratch = path.with_name(f".{path.name}.{os.getpid()}.masking")
     scratch.write_text(masked)
