@@ -294,7 +294,8 @@ def render_round_3() -> str:
     lines += ["", f"CSV larger than memory (`data.storage={r['storage']}`"
               f"{', preparation only' if r['prepare_only'] else ''}): {r['csv_mb']:.0f} MB, "
               f"{r['rows']:,} rows × {r['columns']} columns, under a {r['memory_limit_mb']} MB cgroup: "
-              f"**{fate}**, peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.0f} s. Command: `{r['command']}`."]  # fmt: skip
+              f"**{fate}**, peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.0f} s. Command: `{r['command']}`.",
+              "", "The CPU-time rows ran with `OMP_NUM_THREADS=1` (one thread's work, whatever else the machine runs)."]  # fmt: skip
     return "\n".join(lines)
 
 
