@@ -167,3 +167,33 @@ def test_cli_main_called_with_arguments_returns(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("returned 2")
+
+
+def test_a_stop_request_wrapped_by_a_library_still_counts_as_interrupted():
+    """Hydra turns an OmegaConf error met while a SIGTERM unwound a compose into an empty
+    ConfigCompositionException: the CLI exits 130 with the interrupted line, not 2 with
+    "error: ", and a run closing on it is KILLED (`interrupted`)."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from deepmine.cli import EXIT_INTERRUPTED, _guarded
+    from deepmine.run.errors import describe_error
+    from deepmine.runtime.interrupts import interrupted
+
+    def wrapped():
+        try:
+            try:
+                raise KeyboardInterrupt("signal 15")
+            except KeyboardInterrupt:
+                raise OmegaConfBaseException("while resolving") from None
+        except OmegaConfBaseException as inner:
+            raise ConfigCompositionException() from inner
+
+    try:
+        wrapped()
+    except ConfigCompositionException as exc:
+        caught = exc
+    # `from None` keeps the context: the chain still leads to the interrupt
+    assert interrupted(caught) and not interrupted(ValueError("x"))
+    assert describe_error(caught) == "OmegaConfBaseException: while resolving"  # never empty
+    assert _guarded(wrapped) == EXIT_INTERRUPTED

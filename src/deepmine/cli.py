@@ -209,7 +209,13 @@ def _guarded(command: Callable[[], int], overrides: list[str] = ()) -> int:
         return getattr(exc, "exit_code", EXIT_BAD_INPUT)
     except Exception as exc:
         from deepmine.run.errors import describe_error
+        from deepmine.runtime.interrupts import interrupted
 
+        if interrupted(exc):  # a stop request a library wrapped on its way out
+            from deepmine.errors import INTERRUPTED
+
+            print(INTERRUPTED, file=sys.stderr)
+            return EXIT_INTERRUPTED
         line = describe_error(exc)
         if line is None and isinstance(exc, OSError) and exc.filename:
             # a folder or file that cannot be made or written before any run exists (a run

@@ -48,7 +48,10 @@ def describe_error(exc: BaseException) -> str | None:
         key = getattr(cause, "full_key", None)
         if key and "not in struct" in str(cause):
             return f"unknown config key '{key}'. Fix: {_nearest_key(cause, key)}"
-        return _first_lines(str(exc))
+        # Hydra raises it empty around an OmegaConf error: that error is the message
+        return (
+            _first_lines(str(exc)) or f"{type(cause or exc).__name__}: {first_line(cause or exc)}"
+        )
     if isinstance(exc, OverrideParseException):
         return f"cannot parse override: {_first_lines(str(exc))}. Fix: see `deepmine train --help`"
     if isinstance(exc, OmegaConfBaseException):

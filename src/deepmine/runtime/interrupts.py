@@ -42,6 +42,20 @@ class Preempted(BaseException):
     Lightning turns into exit(1) and the run into KILLED."""
 
 
+def interrupted(exc: BaseException | None) -> bool:
+    """Whether `exc` is, or was raised while handling, a stop request (KeyboardInterrupt:
+    Ctrl-C or SIGTERM). Libraries may wrap one: Hydra turns an OmegaConf error met while the
+    signal unwound a compose into an empty `ConfigCompositionException` (seen once in a
+    suite run: a SIGTERMed Optuna search exited 2 with "error: " instead of 130)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _interruption(signum: int) -> BaseException:
     if signum == _preemption:
         return Preempted(f"signal {signal.Signals(signum).name}: preempted")

@@ -106,9 +106,9 @@ class SharedParent:
         """This worker stops on an error or Ctrl-C: the parent is closed KILLED (FAILED) as a
         single process would close it, unless others still work on the study."""
         self._stop_beat()
-        killed = isinstance(exc, KeyboardInterrupt) or isinstance(
-            exc.__context__, KeyboardInterrupt
-        )
+        from deepmine.runtime.interrupts import interrupted
+
+        killed = interrupted(exc)
         if others:
             self.leave(others, why=f"stops ({'interrupted' if killed else type(exc).__name__})")
             return

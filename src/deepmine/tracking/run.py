@@ -203,7 +203,7 @@ def recorded_run(
     set back to RUNNING, its tags updated, and closed the same way. `secret_values` (see
     `deepmine.provenance.secrets.secret_values`) are masked in the error and traceback of a failure.
     """
-    from deepmine.runtime.interrupts import Preempted, critical
+    from deepmine.runtime.interrupts import Preempted, critical, interrupted
 
     experiment_id = store.experiment_id(experiment_name)
     # a spool's runs name the store they belong to (`deepmine sync` copies them there)
@@ -233,9 +233,7 @@ def recorded_run(
         if isinstance(exc, Preempted):
             _park(run)
             raise
-        killed = isinstance(exc, KeyboardInterrupt) or isinstance(
-            exc.__context__, KeyboardInterrupt
-        )
+        killed = interrupted(exc)
         if isinstance(exc, SystemExit) and not killed and exc.code in (0, None):
             run.flush()
             store.client.set_terminated(run.run_id, "FINISHED")
