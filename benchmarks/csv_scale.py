@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, save, temp_store
-from scale import MemoryCgroup, run_point
+from common import save, temp_store
+from scale import MemoryCgroup, measured, run_point
 
 
 def prepare_point(table: Path, cache: Path, chunk_rows: int, storage: str, cgroup) -> dict:
@@ -57,24 +55,12 @@ def prepare_point(table: Path, cache: Path, chunk_rows: int, storage: str, cgrou
         f"D(path={str(table)!r}, target='y', targets='class', storage={storage!r},"
         f" cache_dir={str(cache)!r}, chunk_rows={chunk_rows}).setup()"
     )
-    if cgroup is not None:
-        cgroup.reset()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-v", sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        preexec_fn=cgroup.join if cgroup is not None else None,
-    )
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    point = {"max_rss_mb": int(rss.group(1)) / 1024 if rss else float("nan")}
-    if cgroup is not None:
-        point["cgroup_peak_mb"] = cgroup.peak_mb()
-    if "terminated by signal 9" in proc.stderr:
-        return {**point, "killed": True}
+    proc, point = measured([sys.executable, "-c", code], cgroup)
+    if point["killed"]:
+        return point
     if proc.returncode != 0:
         raise SystemExit(f"preparation failed:\n{proc.stderr[-3000:]}")
-    return {**point, "killed": False}
+    return point
 
 
 def write_table(path: Path, size_bytes: int, columns: int) -> int:

@@ -100,37 +100,46 @@ class MemoryCgroup:
         self.path.rmdir()  # empty: every process run in it has exited
 
 
+def measured(command: list[str], cgroup: MemoryCgroup | None = None):
+    """`command` run under `/usr/bin/time -v` (and in `cgroup`, reset first): the finished
+    process and its point (peak RSS, the group's peak, whether the kernel killed it for
+    memory, which under a limit is a result, not an error)."""
+    if cgroup is not None:
+        cgroup.reset()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", *command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=cgroup.join if cgroup is not None else None,
+    )
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    point = {"max_rss_mb": int(rss.group(1)) / 1024 if rss else float("nan")}
+    if cgroup is not None:
+        point["cgroup_peak_mb"] = cgroup.peak_mb()
+    point["killed"] = cgroup is not None and "terminated by signal 9" in proc.stderr
+    return proc, point
+
+
 def run_point(overrides: list[str], store: str, cgroup: MemoryCgroup | None = None) -> dict:
     """One training run; its epoch time (median after the first) and peak RSS. Under a memory
     limit a run the kernel kills for memory is a result (`"killed": true`), not an error."""
     out = Path(tempfile.mkdtemp(prefix="deepmine-scale-run-"))
     command = [
-        "/usr/bin/time", "-v", sys.executable, "-m", "deepmine", "train", *overrides,
+        sys.executable, "-m", "deepmine", "train", *overrides,
         f"hydra.run.dir={out}", f"logger.tracking_uri={store}", "print_config=false",
     ]  # fmt: skip
-    if cgroup is not None:
-        cgroup.reset()
     try:
-        proc = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            preexec_fn=cgroup.join if cgroup is not None else None,
-        )
-        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-        point = {"max_rss_mb": int(rss.group(1)) / 1024 if rss else float("nan")}
-        if cgroup is not None:
-            point["cgroup_peak_mb"] = cgroup.peak_mb()
-        if cgroup is not None and "terminated by signal 9" in proc.stderr:
-            return {**point, "killed": True, "epoch_s": float("nan")}
+        proc, point = measured(command, cgroup)
+        if point["killed"]:
+            return {**point, "epoch_s": float("nan")}
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
         summary = json.loads((out / "metrics.json").read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
     later = summary["epoch_seconds"][1:]  # the first carries one-time costs (docstring)
-    return {**point, "epoch_s": statistics.median(later), "killed": False}
+    return {**point, "epoch_s": statistics.median(later)}
 
 
 def table(rows: list[dict], memory_limit_mb: int | None = None) -> str:
