@@ -61,17 +61,7 @@ def run_cli_side_by_side(
     if os.environ.get("DEEPMINE_TESTS_FRESH") == "1":
         import time
 
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "deepmine", *args],
-                cwd=cwd,
-                env=deepmine_env(**env),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for args in commands
-        ]
+        procs = [start_cli(*args, cwd=cwd, stdout=subprocess.PIPE, **env) for args in commands]
         try:
             deadline = time.monotonic() + timeout
             done = []
@@ -206,14 +196,14 @@ class _WarmStarter:
 _WARM = _WarmStarter()
 
 
-def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, stdout=subprocess.DEVNULL, **env: str) -> subprocess.Popen:
     """`python -m deepmine <args>` started in the background (to be signalled mid-run); its
-    stderr is kept for the failure message."""
+    stderr is kept for the failure message (its stdout too with `stdout=subprocess.PIPE`)."""
     return subprocess.Popen(
         [sys.executable, "-m", "deepmine", *args],
         cwd=cwd,
         env=deepmine_env(**env),
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
